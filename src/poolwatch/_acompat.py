@@ -1,0 +1,194 @@
+"""The few primitives that differ between the async pool and its generated sync twin.
+
+`tools/unasync.py` renames every ``A``-prefixed name here to its sync partner, so the
+pool's code is written once, against the async names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from inspect import isawaitable
+from typing import Any, TypeAlias, TypeVar
+
+T = TypeVar("T")
+
+# Exceptions after which the pool must still clean up: in async code a cancelled
+# task is as much a failure of the caller as an exception is.
+ACLIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (Exception, asyncio.CancelledError)
+CLIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (Exception,)
+
+AWorker: TypeAlias = "asyncio.Task[None]"
+Worker: TypeAlias = threading.Thread
+
+
+class AEvent(asyncio.Event):
+    async def wait_timeout(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+class Event(threading.Event):
+    def wait_timeout(self, timeout: float) -> bool:
+        return self.wait(max(0.0, timeout))
+
+
+class AQueue(asyncio.Queue[T]):
+    pass
+
+
+class Queue(queue.Queue[T]):
+    pass
+
+
+def acheck_running_loop(what: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(f"{what} needs a running event loop") from None
+
+
+def check_running_loop(what: str) -> None:
+    pass
+
+
+def aspawn(
+    f: Callable[..., Coroutine[Any, Any, None]], args: tuple[Any, ...], name: str
+) -> AWorker:
+    return asyncio.get_running_loop().create_task(f(*args), name=name)
+
+
+def spawn(f: Callable[..., None], args: tuple[Any, ...], name: str) -> Worker:
+    t = threading.Thread(target=f, args=args, name=name, daemon=True)
+    t.start()
+    return t
+
+
+async def agather(workers: list[AWorker], timeout: float) -> list[str]:
+    """Wait for *workers* to end; return the names of those still running."""
+    if not workers:
+        return []
+    _, pending = await asyncio.wait(workers, timeout=timeout if timeout > 0 else None)
+    return [t.get_name() for t in pending]
+
+
+def gather(workers: list[Worker], timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    for t in workers:
+        if t is threading.current_thread():
+            continue
+        t.join(max(0.0, deadline - time.monotonic()) if timeout > 0 else None)
+    return [t.name for t in workers if t.is_alive() and t is not threading.current_thread()]
+
+
+def asleep(seconds: float) -> Coroutine[Any, Any, None]:
+    return asyncio.sleep(seconds)
+
+
+sleep = time.sleep
+
+
+async def aensure(f: Callable[..., T | Awaitable[T]], *args: Any) -> T:
+    """Call *f*, a sync or async callable, and return its result."""
+    rv = f(*args)
+    if isawaitable(rv):
+        rv = await rv
+    return rv  # type: ignore[return-value,unused-ignore]
+
+
+def ensure(f: Callable[..., T], *args: Any) -> T:
+    return f(*args)
+
+
+class AWaiter:
+    """A request queued for a connection.
+
+    `assign`, `fail` and `abandon` are called under the pool lock and settle the
+    waiter exactly once; whichever comes first wins. That is what makes a hand-off
+    safe against a concurrent timeout or cancellation: a connection given to a
+    waiter that has already abandoned is refused and goes to the next one.
+    """
+
+    __slots__ = ("_fut", "conn", "error", "settled", "started_at")
+
+    def __init__(self, started_at: float) -> None:
+        self._fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.started_at = started_at
+        self.conn: Any = None
+        self.error: BaseException | None = None
+        self.settled = False
+
+    def assign(self, conn: Any) -> bool:
+        if self.settled:
+            return False
+        self.settled = True
+        self.conn = conn
+        if not self._fut.done():
+            self._fut.set_result(None)
+        return True
+
+    def fail(self, error: BaseException) -> bool:
+        if self.settled:
+            return False
+        self.settled = True
+        self.error = error
+        if not self._fut.done():
+            self._fut.set_result(None)
+        return True
+
+    def abandon(self) -> bool:
+        """Give up waiting; False if the waiter was settled first."""
+        if self.settled:
+            return False
+        self.settled = True
+        return True
+
+    async def wait(self, timeout: float) -> None:
+        """Return when settled or after *timeout*; the caller then settles under the lock."""
+        if not self._fut.done():
+            await asyncio.wait((self._fut,), timeout=max(0.0, timeout))
+
+
+class Waiter:
+    """The sync twin of `AWaiter`: a pre-acquired lock is the cheapest wake-up signal."""
+
+    __slots__ = ("_signal", "conn", "error", "settled", "started_at")
+
+    def __init__(self, started_at: float) -> None:
+        self._signal = threading.Lock()
+        self._signal.acquire()
+        self.started_at = started_at
+        self.conn: Any = None
+        self.error: BaseException | None = None
+        self.settled = False
+
+    def assign(self, conn: Any) -> bool:
+        if self.settled:
+            return False
+        self.settled = True
+        self.conn = conn
+        self._signal.release()
+        return True
+
+    def fail(self, error: BaseException) -> bool:
+        if self.settled:
+            return False
+        self.settled = True
+        self.error = error
+        self._signal.release()
+        return True
+
+    def abandon(self) -> bool:
+        if self.settled:
+            return False
+        self.settled = True
+        return True
+
+    def wait(self, timeout: float) -> None:
+        self._signal.acquire(timeout=max(0.0, timeout))

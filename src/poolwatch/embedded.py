@@ -1,0 +1,228 @@
+"""A throwaway PostgreSQL cluster on loopback, for the test suite and the demo.
+
+It runs the PostgreSQL binaries found on the machine or, failing that, those bundled in
+the ``pgserver`` wheel. ``initdb`` and ``postgres`` refuse to run as root, so under root
+the server runs as the ``postgres`` system user (created if missing).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUPERUSER = "poolwatch"
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be created, started or stopped."""
+
+
+def find_bindir() -> Path:
+    """The directory holding ``initdb``, ``pg_ctl`` and ``postgres``.
+
+    Looked up in order: ``$POOLWATCH_PG_BINDIR``, ``pg_config --bindir``, the newest
+    ``/usr/lib/postgresql/*/bin``, ``initdb`` on ``$PATH``, the ``pgserver`` wheel.
+    """
+    candidates: list[Path] = []
+    if env := os.environ.get("POOLWATCH_PG_BINDIR"):
+        candidates.append(Path(env))
+    if pg_config := shutil.which("pg_config"):
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        if out.returncode == 0:
+            candidates.append(Path(out.stdout.strip()))
+    debian = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True
+    )
+    candidates.extend(Path(p) for p in debian)
+    if initdb := shutil.which("initdb"):
+        candidates.append(Path(initdb).resolve().parent)
+    try:
+        import pgserver  # type: ignore[import-not-found,unused-ignore]
+
+        candidates.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
+    except ImportError:
+        pass
+    for bindir in candidates:
+        if all((bindir / tool).exists() for tool in ("initdb", "pg_ctl", "postgres")):
+            return bindir
+    raise ClusterError(
+        "no PostgreSQL binaries found: install the Debian package 'postgresql' or the"
+        " 'pgserver' wheel (pip install 'poolwatch[demo]'), or set POOLWATCH_PG_BINDIR"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """The account to run the server as: None if we are not root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "poolwatch-pg"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "poolwatch-pg"],
+        check=True,
+        capture_output=True,
+    )
+    return pwd.getpwnam("poolwatch-pg")
+
+
+@dataclass
+class Cluster:
+    """A running cluster: TCP on 127.0.0.1, password authentication for TCP clients."""
+
+    bindir: Path
+    basedir: Path
+    port: int
+    password: str
+    user: pwd.struct_passwd | None
+    max_connections: int
+
+    @property
+    def datadir(self) -> Path:
+        return self.basedir / "data"
+
+    @property
+    def logfile(self) -> Path:
+        return self.basedir / "server.log"
+
+    def dsn(self, **extra: Any) -> str:
+        """A libpq connection string for the superuser, with its password."""
+        params: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": SUPERUSER,
+            "password": self.password,
+            "dbname": "postgres",
+        }
+        params.update(extra)
+        return " ".join(f"{k}={v}" for k, v in params.items())
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        kwargs: dict[str, Any] = {}
+        if self.user is not None:
+            kwargs.update(user=self.user.pw_uid, group=self.user.pw_gid, extra_groups=[])
+        proc = subprocess.run(
+            [str(self.bindir / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=self.basedir,
+            **kwargs,
+        )
+        if check and proc.returncode != 0:
+            output = proc.stderr.strip() or proc.stdout.strip()
+            raise ClusterError(f"{args[0]} failed ({proc.returncode}): {output}")
+        return proc
+
+    def start(self) -> None:
+        self._run(
+            "pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-w", "-t", "60", "start"
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(
+            "pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop", check=False
+        )
+
+    def restart(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "restart")
+
+    def is_running(self) -> bool:
+        return self._run("pg_ctl", "-D", str(self.datadir), "status", check=False).returncode == 0
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run *sql* as the superuser on a fresh autocommit connection."""
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            cur = conn.execute(sql.encode(), params)
+            return cur.fetchall() if cur.description else []
+
+    def terminate_backends(self, application_name: str | None = None) -> int:
+        """``pg_terminate_backend`` every client backend (of *application_name*, if given)."""
+        sql = (
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+        params: tuple[Any, ...] = ()
+        if application_name is not None:
+            sql += " AND application_name = %s"
+            params = (application_name,)
+        n: int = self.execute(sql, params)[0][0]
+        return n
+
+    def backends(self, application_name: str) -> int:
+        """How many client backends *application_name* has open now."""
+        rows = self.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+        )
+        n: int = rows[0][0]
+        return n
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.basedir, ignore_errors=True)
+
+
+def create_cluster(*, max_connections: int = 40, basedir: Path | None = None) -> Cluster:
+    """initdb a new cluster in a temporary directory and start it on a free port."""
+    bindir = find_bindir()
+    user = _server_user()
+    base = Path(tempfile.mkdtemp(prefix="poolwatch-pg-", dir=basedir))
+    os.chmod(base, 0o700)
+    password = "pw-" + secrets.token_hex(12)
+    cluster = Cluster(bindir, base, free_port(), password, user, max_connections)
+    pwfile = base / "pwfile"
+    pwfile.write_text(password + "\n")
+    if user is not None:
+        os.chown(base, user.pw_uid, user.pw_gid)
+        os.chown(pwfile, user.pw_uid, user.pw_gid)
+    cluster._run(
+        "initdb",
+        "-D",
+        str(cluster.datadir),
+        "-U",
+        SUPERUSER,
+        f"--pwfile={pwfile}",
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
+        "-E",
+        "UTF8",
+        "--no-sync",
+    )
+    pwfile.unlink()
+    settings = {
+        "listen_addresses": "'127.0.0.1'",
+        "port": str(cluster.port),
+        "unix_socket_directories": f"'{base}'",
+        "max_connections": str(max_connections),
+        "superuser_reserved_connections": "3",
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+        "shared_buffers": "32MB",
+        "log_min_messages": "warning",
+    }
+    with open(cluster.datadir / "postgresql.conf", "a") as conf:
+        conf.write("\n# poolwatch test cluster\n")
+        conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
+    cluster.start()
+    return cluster

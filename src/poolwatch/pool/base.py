@@ -1,0 +1,603 @@
+"""Configuration, state and the lock-held decisions shared by every pool class; no I/O here."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import sys
+import threading
+import traceback
+import weakref
+from collections import deque
+from difflib import get_close_matches
+from random import random
+from time import monotonic
+from types import FrameType
+from typing import Any, ClassVar, Literal
+
+from ..errors import PoolClosed, PoolConfigError, PoolTimeout, TooManyRequests
+from ..observe import MultiObserver, PoolAggregates, PoolObserver, PoolSnapshot
+from ._redact import connect_error_class
+
+logger = logging.getLogger("poolwatch.pool")
+
+# Every open pool, so that a forked child can disable the ones it inherited.
+_open_pools: weakref.WeakSet[BasePool] = weakref.WeakSet()
+
+
+def _disable_inherited_pools() -> None:
+    for pool in list(_open_pools):
+        pool._disown_after_fork()
+    _open_pools.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disable_inherited_pools)
+
+# psycopg_pool's get_stats() keys, in the order it reports them.
+_STAT_COUNTERS = (
+    "requests_num",
+    "requests_queued",
+    "requests_wait_ms",
+    "requests_errors",
+    "usage_ms",
+    "returns_bad",
+    "connections_num",
+    "connections_ms",
+    "connections_errors",
+    "connections_lost",
+)
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PoolConfigError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise PoolConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PoolConfigError(f"{name} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise PoolConfigError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+    return float(value)
+
+
+def reject_unknown_arguments(cls_name: str, unknown: dict[str, Any], known: list[str]) -> None:
+    if not unknown:
+        return
+    name = sorted(unknown)[0]
+    hint = get_close_matches(name, known, n=1)
+    extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise PoolConfigError(f"{cls_name}() got an unknown keyword argument {name!r}{extra}")
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def borrower_stack(limit: int = 16) -> traceback.StackSummary:
+    """Where the current checkout is happening: the caller's frames, poolwatch's left out.
+
+    Captured only when leak detection is on (it costs a few microseconds); source lines
+    are looked up only if the stack is ever printed.
+    """
+    frames: list[tuple[FrameType, int]] = []
+    frame = sys._getframe(1)
+    while frame is not None and len(frames) < limit:
+        if not frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            frames.append((frame, frame.f_lineno))
+        frame = frame.f_back  # type: ignore[assignment]
+    frames.reverse()  # outermost first, as tracebacks read
+    return traceback.StackSummary.extract(iter(frames), lookup_lines=False)
+
+
+def jitter(value: float, min_pc: float, max_pc: float) -> float:
+    """*value* changed by a random fraction between *min_pc* and *max_pc*."""
+    return value * (1.0 + min_pc + (max_pc - min_pc) * random())
+
+
+class Backoff:
+    """Exponential backoff with jitter for a repeated attempt, giving up after *timeout*."""
+
+    INITIAL_DELAY = 1.0
+    DELAY_JITTER = 0.1
+    DELAY_BACKOFF = 2.0
+
+    def __init__(self, *, timeout: float) -> None:
+        self.timeout = timeout
+        self.delay = 0.0
+        self.give_up_at = 0.0
+
+    def update_delay(self, now: float) -> None:
+        if self.delay == 0.0:
+            self.give_up_at = now + self.timeout
+            self.delay = jitter(self.INITIAL_DELAY, -self.DELAY_JITTER, self.DELAY_JITTER)
+        else:
+            self.delay *= self.DELAY_BACKOFF
+        if now + self.delay > self.give_up_at:
+            self.delay = max(0.0, self.give_up_at - now)
+
+    def time_to_give_up(self, now: float) -> bool:
+        return self.give_up_at > 0.0 and now >= self.give_up_at
+
+
+class BasePool:
+    """What the async pool and its sync twin share: settings, state, bookkeeping.
+
+    Every method ending in ``_locked`` must be called with ``self._lock`` held. The
+    lock is a `threading.Lock` in both variants: no critical section awaits, so the
+    async pool needs no asyncio lock, and a thread returning a connection to an
+    async pool stays safe.
+    """
+
+    _ASYNC: ClassVar[bool]
+    _names = itertools.count(1)
+
+    def __init__(
+        self,
+        *,
+        min_size: int,
+        max_size: int | None,
+        name: str | None,
+        close_returns: bool,
+        timeout: float,
+        max_waiting: int,
+        max_lifetime: float,
+        max_idle: float,
+        reconnect_timeout: float,
+        num_workers: int,
+        leak_timeout: float | None,
+        observer: PoolObserver | None,
+    ) -> None:
+        min_size, max_size = self._check_size(min_size, max_size)
+        self.name = name if name else f"pool-{next(BasePool._names)}"
+        self.close_returns = bool(close_returns)
+        self.timeout = check_seconds("timeout", timeout)
+        self.max_waiting = check_int("max_waiting", max_waiting, 0)
+        self.max_lifetime = check_seconds("max_lifetime", max_lifetime)
+        self.max_idle = check_seconds("max_idle", max_idle)
+        self.reconnect_timeout = check_seconds(
+            "reconnect_timeout", reconnect_timeout, allow_zero=True
+        )
+        self.num_workers = check_int("num_workers", num_workers, 1)
+        self.leak_timeout = (
+            None if leak_timeout is None else check_seconds("leak_timeout", leak_timeout)
+        )
+        if observer is not None and not isinstance(observer, PoolObserver):
+            raise PoolConfigError(f"observer must be a PoolObserver, got {type(observer).__name__}")
+        self._observer = None if observer is None else MultiObserver([observer])
+
+        self._min_size = min_size
+        self._max_size = max_size
+        self._lock = threading.Lock()
+        self._idle: deque[Any] = deque()  # LIFO: the warmest connection is handed out first
+        self._out: dict[Any, float] = {}  # checked-out connection -> checkout time
+        self._waiting: deque[Any] = deque()  # Waiter/AWaiter, FIFO
+        self._nconns = min_size  # alive or being opened
+        self._nconns_min = min_size  # fewest idle seen in the current max_idle period
+        # Only one connection is opened at a time when growing: during a spike a
+        # burst of slow connects would leave no worker free to hand returns over.
+        self._growing = False
+        self._used = 0  # checked out, or being checked/reset on the way
+        self._used_area = 0.0  # integral of _used over time until _used_since
+        self._used_since = monotonic()
+        self._agg = PoolAggregates()
+        self._stats_base: dict[str, int] = {}
+        self._drained_at = 0.0
+        self._last_connect_error: BaseException | None = None
+        self._leak_stacks: dict[Any, traceback.StackSummary] = {}
+        self._leak_reported: set[int] = set()
+        self.server_max_connections: int | None = None
+        self._server_max_read = False
+        self._forked_from: int | None = None
+        # Observer calls decided under the lock, made by `_flush_notifications` after
+        # it is released (an observer may read the pool, and the lock is not reentrant).
+        self._notify_later: deque[tuple[str, tuple[Any, ...]]] = deque()
+
+        self._opened = False
+        self._closed = True
+        self._open_implicit = False
+
+    # --- configuration ---
+
+    def _check_size(self, min_size: int, max_size: int | None) -> tuple[int, int]:
+        check_int("min_size", min_size, 0)
+        if max_size is None:
+            max_size = min_size
+        check_int("max_size", max_size, 0)
+        if max_size < min_size:
+            raise PoolConfigError(f"max_size ({max_size}) must be >= min_size ({min_size})")
+        if max_size == 0:
+            raise PoolConfigError("max_size must be > 0 (min_size and max_size are both 0)")
+        return min_size, max_size
+
+    @property
+    def min_size(self) -> int:
+        return self._min_size
+
+    @property
+    def max_size(self) -> int:
+        return self._max_size
+
+    @property
+    def closed(self) -> bool:
+        """True if the pool is closed (or not open yet)."""
+        return self._closed
+
+    @property
+    def observer(self) -> PoolObserver | None:
+        """The observer receiving this pool's events, if any."""
+        return self._observer.observers[0] if self._observer else None
+
+    def __repr__(self) -> str:
+        s = self.snapshot()
+        state = "closed" if s.closed else "open"
+        return (
+            f"<{type(self).__module__}.{type(self).__qualname__} {self.name!r} [{state} |"
+            f" size={s.size}/{s.max_size}, used={s.used}, idle={s.idle}, waiting={s.waiting}]"
+            f" at 0x{id(self):x}>"
+        )
+
+    # --- reading the state ---
+
+    def snapshot(self) -> PoolSnapshot:
+        """The pool's state now, read under the lock so that the numbers agree."""
+        with self._lock:
+            now = monotonic()
+            oldest_out = next(iter(self._out.values()), None)
+            oldest_wait = self._waiting[0].started_at if self._waiting else None
+            leaked = 0
+            if self.leak_timeout is not None:
+                limit = now - self.leak_timeout
+                for t in self._out.values():  # in checkout order: stop at the first young one
+                    if t > limit:
+                        break
+                    leaked += 1
+            idle = len(self._idle)
+            return PoolSnapshot(
+                name=self.name,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                size=self._nconns,
+                idle=idle,
+                used=self._used,
+                opening=max(0, self._nconns - idle - self._used),
+                waiting=len(self._waiting),
+                closed=self._closed,
+                timeout=self.timeout,
+                oldest_checkout_seconds=now - oldest_out if oldest_out is not None else 0.0,
+                oldest_wait_seconds=now - oldest_wait if oldest_wait is not None else 0.0,
+                leaked=leaked,
+                leak_timeout=self.leak_timeout,
+                used_seconds_total=self._used_area + self._used * (now - self._used_since),
+                server_max_connections=self.server_max_connections,
+            )
+
+    def aggregates(self) -> PoolAggregates:
+        """A consistent copy of the pool's counters and histograms."""
+        with self._lock:
+            return self._agg.copy()
+
+    def get_stats(self) -> dict[str, int]:
+        """Counters and measures with psycopg_pool's keys (counters since `pop_stats`)."""
+        with self._lock:
+            return self._stats_locked(reset=False)
+
+    def pop_stats(self) -> dict[str, int]:
+        """Like `get_stats`, then start the counters from zero again.
+
+        Only the values reported here restart; the metrics keep growing, as counters must.
+        """
+        with self._lock:
+            return self._stats_locked(reset=True)
+
+    def _stats_locked(self, reset: bool) -> dict[str, int]:
+        a = self._agg
+        n_connect_ok = a.connect["ok"].count
+        n_connect_err = a.connect["error"].count
+        totals = {
+            "requests_num": a.requests,
+            "requests_queued": a.waits,
+            "requests_wait_ms": int(1000.0 * a.queued_wait_seconds),
+            "requests_errors": a.request_errors,
+            "usage_ms": int(1000.0 * a.use.sum),
+            "returns_bad": a.returns_bad,
+            "connections_num": n_connect_ok + n_connect_err,
+            "connections_ms": int(1000.0 * a.connect["ok"].sum),
+            "connections_errors": n_connect_err,
+            "connections_lost": a.connections_lost,
+        }
+        # Like psycopg_pool, report a counter only once it has counted something.
+        present = {
+            "requests_wait_ms": a.waits,
+            "usage_ms": a.use.count,
+            "connections_ms": n_connect_ok,
+        }
+        base = self._stats_base
+        rv: dict[str, int] = {}
+        for key in _STAT_COUNTERS:
+            value = totals[key] - base.get(key, 0)
+            if value or present.get(key, 0) - base.get("#" + key, 0) > 0:
+                rv[key] = value
+        if reset:
+            self._stats_base = dict(totals)
+            self._stats_base.update({"#" + k: v for k, v in present.items()})
+        rv.update(
+            pool_min=self._min_size,
+            pool_max=self._max_size,
+            pool_size=self._nconns,
+            pool_available=len(self._idle),
+            requests_waiting=len(self._waiting),
+        )
+        return rv
+
+    # --- lock-held bookkeeping ---
+
+    def _used_change_locked(self, now: float, delta: int) -> None:
+        # The clock is read under the lock, so `now` never goes backwards here.
+        self._used_area += self._used * (now - self._used_since)
+        self._used_since = now
+        self._used += delta
+
+    def _take_idle_locked(self, now: float) -> Any:
+        """Pop a usable idle connection, or return None; retire expired ones on the way."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if len(idle) < self._nconns_min:
+                self._nconns_min = len(idle)
+            if conn._expire_at > now:
+                return conn
+            # psycopg_pool checks the lifetime only on return; an idle connection can
+            # expire while it waits, so it is checked again before it is handed out.
+            logger.info("discarding expired connection in %r", self.name)
+            self._retire_locked(conn, "max_lifetime", now, replace=True)
+        return None
+
+    def _checkout_locked(self, conn: Any, now: float) -> None:
+        """Mark *conn* as handed out at *now*."""
+        self._out[conn] = now
+        self._used_change_locked(now, +1)
+
+    def _uncheckout_locked(self, conn: Any, now: float) -> None:
+        """Undo a checkout the user never saw (the request gave up, or the check failed)."""
+        if self._out.pop(conn, None) is not None:
+            self._used_change_locked(now, -1)
+        self._leak_stacks.pop(conn, None)
+
+    def _checkin_locked(self, conn: Any, now: float, *, still_used: bool) -> float:
+        """Take *conn* off the checked-out list; return how long it was held.
+
+        With *still_used* it keeps counting as used (it is being reset on its way back).
+        """
+        try:
+            t_out = self._out.pop(conn)
+        except KeyError:
+            raise self._bad_return_error(conn) from None
+        use = now - t_out
+        self._agg.use.observe(use)
+        if not still_used:
+            self._used_change_locked(now, -1)
+        if self._leak_stacks:
+            self._leak_stacks.pop(conn, None)
+            if id(conn) in self._leak_reported:
+                self._leak_reported.discard(id(conn))
+                logger.warning(
+                    "connection reported as leaked was returned to %r after %.3f sec",
+                    self.name,
+                    use,
+                )
+        return use
+
+    def _bad_return_error(self, conn: Any) -> Exception:
+        if self._forked_from is not None:
+            return self._forked_error()
+        owner = getattr(conn, "_pool", None)
+        if owner is not None and owner is not self:
+            why = f"it comes from pool {getattr(owner, 'name', owner)!r}"
+        elif getattr(conn, "_pw_owner", None) is not None and conn._pw_owner() is self:
+            why = "it was already returned"
+        else:
+            why = "it doesn't come from any pool"
+        return ValueError(f"can't return connection to pool {self.name!r}, {why}: {conn}")
+
+    def _deliver_locked(self, conn: Any, now: float) -> bool:
+        """Give *conn* to the first waiter, or make it idle. False if the pool is closed."""
+        if self._closed:
+            return False
+        while self._waiting:
+            if self._waiting.popleft().assign(conn):
+                self._checkout_locked(conn, now)
+                conn._pool = self
+                return True
+        conn._pool = None
+        self._idle.append(conn)
+        self._on_idle_added_locked()
+        return True
+
+    def _discard_reason_locked(self, conn: Any, now: float) -> str | None:
+        """Why a connection coming back must not be reused, or None if it can be."""
+        if self._closed:
+            return "close"
+        if self._nconns > self._max_size:
+            return "shrink"
+        if conn._created_at <= self._drained_at:
+            return "drain"
+        if conn._expire_at <= now:
+            logger.info("discarding expired connection in %r", self.name)
+            return "max_lifetime"
+        return None
+
+    def _put_back_locked(self, conn: Any, now: float, reason: str | None = None) -> bool:
+        """Reuse or retire a connection that no longer counts as used.
+
+        Returns True if the caller must close it now (the pool is closed, or it is a
+        null pool with nobody waiting); otherwise a worker closes it if needed.
+        """
+        if reason is None:
+            reason = self._discard_reason_locked(conn, now)
+            if reason is None:
+                if self._deliver_locked(conn, now):
+                    return False
+                reason = "close"
+        if reason == "close" or self._closed:
+            self._count_closed_locked(conn, "close" if self._closed else reason, now)
+            self._nconns -= 1
+            return True
+        self._retire_locked(conn, reason, now, replace=reason != "shrink")
+        return False
+
+    def _on_idle_added_locked(self) -> None:
+        pass
+
+    def _retire_locked(self, conn: Any, reason: str, now: float, *, replace: bool) -> None:
+        """Count *conn* as closed for *reason* and have a worker close it (and replace it)."""
+        self._count_closed_locked(conn, reason, now)
+        if not replace:
+            self._nconns -= 1
+        self._schedule_close(conn, replace=replace and not self._closed)
+
+    def _count_closed_locked(self, conn: Any, reason: str, now: float) -> None:
+        age = now - getattr(conn, "_created_at", now)
+        self._agg.closed += 1
+        self._agg.lifetime[reason].observe(age)
+        if self._observer:
+            self._notify_later.append(("on_close", (age, reason)))
+
+    def _count_error_locked(self, kind: str, sqlstate_class: str = "") -> None:
+        self._agg.count_error(kind, sqlstate_class)
+        if self._observer:
+            self._notify_later.append(("on_error", (kind, sqlstate_class)))
+
+    def _flush_notifications(self) -> None:
+        obs, pending = self._observer, self._notify_later
+        if obs is None:
+            return
+        while pending:  # deque.popleft is atomic: no lock needed to drain it
+            try:
+                method, args = pending.popleft()
+            except IndexError:
+                break
+            getattr(obs, method)(*args)
+
+    def _record_acquire_locked(self, outcome: str, wait: float, *, queued: bool) -> None:
+        self._agg.acquire[outcome].observe(wait)
+        if queued:
+            self._agg.queued_wait_seconds += wait
+        if outcome != "ok" and (queued or outcome == "too_many"):
+            self._agg.request_errors += 1
+        if outcome == "timeout":
+            self._count_error_locked("timeout")
+        elif outcome == "too_many":
+            self._count_error_locked("too_many_requests")
+
+    def _enqueue_locked(self, waiter: Any) -> None:
+        if self.max_waiting and len(self._waiting) >= self.max_waiting:
+            raise TooManyRequests(
+                f"the pool {self.name!r} has already {len(self._waiting)} requests waiting"
+            )
+        self._waiting.append(waiter)
+        self._agg.waits += 1
+
+    def _connected_locked(self, conn: Any, started: float, now: float) -> None:
+        self._agg.opened += 1
+        self._agg.connect["ok"].observe(now - started)
+        self._last_connect_error = None
+        conn._created_at = now
+        # Up to 5% shorter, so that connections opened together do not all expire together.
+        conn._expire_at = now + jitter(self.max_lifetime, -0.05, 0.0)
+        conn._pw_owner = weakref.ref(self)
+
+    def _connect_failed_locked(self, seconds: float, error: BaseException) -> None:
+        self._agg.connect["error"].observe(seconds)
+        self._last_connect_error = error
+        self._count_error_locked("connect", connect_error_class(error))
+
+    # --- errors carrying the pool state ---
+
+    def _timeout_error(self, timeout: float) -> PoolTimeout:
+        s = self.snapshot()
+        err = PoolTimeout(
+            f"couldn't get a connection from pool {self.name!r} after {timeout:.2f} sec"
+            f" (size={s.size}/{s.max_size}, used={s.used}, idle={s.idle},"
+            f" waiting={s.waiting}, opening={s.opening})",
+            snapshot=s,
+        )
+        cause = self._last_connect_error
+        if cause is not None:
+            err.__cause__ = cause
+        err.__suppress_context__ = True
+        return err
+
+    def _closed_error(self) -> PoolClosed:
+        if self._forked_from is not None:
+            return self._forked_error()
+        if self._opened:
+            return PoolClosed(f"the pool {self.name!r} is already closed")
+        return PoolClosed(f"the pool {self.name!r} is not open yet")
+
+    def _forked_error(self) -> PoolClosed:
+        return PoolClosed(
+            f"the pool {self.name!r} was opened in process {self._forked_from} and cannot be"
+            f" used in its forked child process {os.getpid()}: open a new pool in the child"
+            " (for example in a post-fork hook)"
+        )
+
+    def _disown_after_fork(self) -> None:
+        # The connections' sockets belong to the parent: closing them here would end
+        # the parent's sessions, so they are dropped without a word to the server
+        # (psycopg does not close a connection created by another process).
+        self._forked_from = os.getppid()
+        self._lock = threading.Lock()  # another thread may have held it at fork time
+        self._closed = True
+        self._idle.clear()
+        self._out.clear()
+        self._waiting.clear()
+        self._used = 0
+        self._nconns = 0
+        self._leak_stacks.clear()
+
+    # --- hooks the concrete pools provide ---
+
+    def _schedule_close(self, conn: Any, *, replace: bool) -> None:
+        raise NotImplementedError
+
+    def _register_open(self) -> None:
+        _open_pools.add(self)
+
+    def _reserve_new_locked(self) -> bool:
+        """Null pools open a connection per request: reserve room for one if allowed."""
+        return False
+
+    def _grow_if_useful_locked(self) -> bool:
+        """Reserve a new connection if the pool may grow and nobody else is growing it."""
+        if self._nconns >= self._max_size or self._growing:
+            return False
+        self._nconns += 1
+        self._growing = True
+        logger.info("growing pool %r to %s", self.name, self._nconns)
+        return True
+
+    def _leak_scan_locked(self, now: float) -> list[tuple[float, str]]:
+        """Checkouts that just crossed ``leak_timeout``: (held seconds, formatted stack)."""
+        assert self.leak_timeout is not None
+        limit = now - self.leak_timeout
+        found = []
+        for conn, t in self._out.items():
+            if t > limit:
+                break
+            if id(conn) in self._leak_reported:
+                continue
+            self._leak_reported.add(id(conn))
+            stack = self._leak_stacks.get(conn)
+            text = "".join(stack.format()) if stack else "(stack not captured)\n"
+            found.append((now - t, text))
+        return found
+
+
+Outcome = Literal["ok", "timeout", "too_many", "closed", "cancelled", "error"]

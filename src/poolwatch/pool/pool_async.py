@@ -1,0 +1,926 @@
+"""AsyncConnectionPool: the pool's I/O, written once; `pool.py` is generated from it."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from contextlib import suppress
+from time import monotonic
+from types import TracebackType
+from typing import Any, Generic, NoReturn, cast
+
+from psycopg import AsyncConnection
+from psycopg import errors as e
+from psycopg.pq import TransactionStatus
+
+from .._acompat import (
+    ACLIENT_EXCEPTIONS,
+    AEvent,
+    AQueue,
+    AWaiter,
+    AWorker,
+    acheck_running_loop,
+    aensure,
+    agather,
+    asleep,
+    aspawn,
+)
+from ..abc import ACT, AsyncConnectFailedCB, AsyncConnectionCB, AsyncConninfoParam, AsyncKwargsParam
+from ..errors import PoolClosed, PoolTimeout, TooManyRequests
+from ..observe import PoolObserver
+from ._redact import redact, secrets_in
+from .base import Backoff, BasePool, borrower_stack, reject_unknown_arguments
+from .sched_async import AsyncScheduler
+from .tasks_async import (
+    AddConnection,
+    CloseConnection,
+    LeakScan,
+    MaintenanceTask,
+    ReturnConnection,
+    ShrinkPool,
+    StopWorker,
+)
+
+logger = logging.getLogger("poolwatch.pool")
+
+IDLE = TransactionStatus.IDLE
+INTRANS = TransactionStatus.INTRANS
+INERROR = TransactionStatus.INERROR
+UNKNOWN = TransactionStatus.UNKNOWN
+
+_SERVER_BUDGET_SQL = (
+    "SELECT current_setting('max_connections')::int"
+    " - current_setting('superuser_reserved_connections')::int"
+)
+
+
+class AsyncConnectionPool(Generic[ACT], BasePool):
+    """A pool of psycopg `AsyncConnection`, compatible with psycopg_pool's.
+
+    Parameters and defaults are psycopg_pool 3.3's; poolwatch adds *leak_timeout*
+    (seconds a checkout may last before it is reported as a suspected leak, off by
+    default) and *observer* (a `PoolObserver` receiving every event).
+
+    Example::
+
+        async with AsyncConnectionPool("dbname=app", min_size=2, max_size=10) as pool:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+
+    Raises:
+        PoolConfigError: (a ValueError) at construction, for an invalid argument;
+            the message names it.
+    """
+
+    _ASYNC = True
+
+    def __init__(
+        self,
+        conninfo: AsyncConninfoParam = "",
+        *,
+        connection_class: type[ACT] = cast(type[ACT], AsyncConnection),  # noqa: B008
+        kwargs: AsyncKwargsParam | None = None,
+        min_size: int = 4,
+        max_size: int | None = None,
+        open: bool | None = None,
+        configure: AsyncConnectionCB[ACT] | None = None,
+        check: AsyncConnectionCB[ACT] | None = None,
+        reset: AsyncConnectionCB[ACT] | None = None,
+        name: str | None = None,
+        close_returns: bool = False,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 60 * 60.0,
+        max_idle: float = 10 * 60.0,
+        reconnect_timeout: float = 5 * 60.0,
+        reconnect_failed: AsyncConnectFailedCB | None = None,
+        num_workers: int = 3,
+        leak_timeout: float | None = None,
+        observer: PoolObserver | None = None,
+        **unknown: NoReturn,
+    ) -> None:
+        reject_unknown_arguments(type(self).__name__, unknown, _ARGUMENTS)
+        _check_conninfo(conninfo)
+        for cb_name, cb in (
+            ("configure", configure),
+            ("check", check),
+            ("reset", reset),
+            ("reconnect_failed", reconnect_failed),
+        ):
+            if cb is not None and not callable(cb):
+                raise TypeError(f"{cb_name} must be callable, got {type(cb).__name__}")
+        self.conninfo = conninfo
+        self.kwargs = kwargs
+        self.connection_class = connection_class
+        self._configure = configure
+        self._check = check
+        self._reset = reset
+        self._reconnect_failed = reconnect_failed
+
+        # Created on open, so that async objects attach to the running loop.
+        self._tasks: AQueue[MaintenanceTask]
+        self._sched: AsyncScheduler
+        self._sched_runner: AWorker | None = None
+        self._workers: list[AWorker] = []
+        self._pool_full_event: AEvent | None = None
+
+        super().__init__(
+            min_size=min_size,
+            max_size=max_size,
+            name=name,
+            close_returns=close_returns,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            reconnect_timeout=reconnect_timeout,
+            num_workers=num_workers,
+            leak_timeout=leak_timeout,
+            observer=observer,
+        )
+        if self._ASYNC and open:
+            self._warn_open_in_constructor()
+        if open is None:
+            open = self._open_implicit = True
+        if open:
+            self._open()
+
+    def _warn_open_in_constructor(self) -> None:
+        cls = type(self).__name__
+        warnings.warn(
+            f"opening the async pool {cls} in the constructor is deprecated and will stop"
+            f" working in a future release: use `await pool.open()` or `async with {cls}(...)`",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def _warn_implicit_open(self) -> None:
+        self._open_implicit = False
+        if self._ASYNC:
+            self._warn_open_in_constructor()
+            return
+        cls = type(self).__name__
+        warnings.warn(
+            f"the default for the {cls} 'open' parameter will become 'False' in a future"
+            f" release: pass open=True or open=False explicitly, or use `with {cls}(...)`",
+            DeprecationWarning,
+            stacklevel=4,
+        )
+
+    # --- lifecycle ---
+
+    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Open the pool: start the workers and begin filling it to *min_size*.
+
+        With *wait*, block until *min_size* connections are ready (see `wait()`).
+        Opening an open pool does nothing; a closed pool cannot be opened again.
+
+        Raises:
+            PoolClosed: the pool was closed already.
+            PoolTimeout: with *wait*, the pool did not fill within *timeout* seconds.
+        """
+        acheck_running_loop(f"{type(self).__name__}.open()")
+        self._open()
+        if wait:
+            await self.wait(timeout=timeout)
+
+    def _open(self) -> None:
+        with self._lock:
+            if not self._closed:
+                return
+            if self._opened:
+                raise PoolClosed("pool has already been opened/closed and cannot be reused")
+            acheck_running_loop(f"opening {type(self).__name__}")
+            self._tasks = AQueue()
+            self._sched = AsyncScheduler()
+            self._closed = False
+            self._opened = True
+        self._register_open()
+        self._sched_runner = aspawn(self._sched.run, (), f"{self.name}-scheduler")
+        for i in range(self.num_workers):
+            worker = aspawn(_worker, (self._tasks,), f"{self.name}-worker-{i}")
+            self._workers.append(worker)
+        self._start_initial_tasks()
+
+    def _start_initial_tasks(self) -> None:
+        for _ in range(self._nconns):
+            self.run_task(AddConnection(self))
+        self.schedule_task(ShrinkPool(self), self.max_idle)
+        if self.leak_timeout is not None:
+            self.schedule_task(LeakScan(self), self._leak_scan_interval())
+
+    def _leak_scan_interval(self) -> float:
+        assert self.leak_timeout is not None
+        return min(max(self.leak_timeout / 4, 0.05), 5.0)
+
+    async def wait(self, timeout: float = 30.0) -> None:
+        """Wait until the pool holds *min_size* connections.
+
+        Raises:
+            PoolTimeout: not ready within *timeout* seconds; the pool is then closed.
+        """
+        self._check_usable()
+        with self._lock:
+            if len(self._idle) >= self._min_size:
+                return
+            self._pool_full_event = event = AEvent()
+        logger.info("waiting for pool %r initialization", self.name)
+        if not await event.wait_timeout(timeout):
+            cause = self._last_connect_error
+            await self.close()
+            err = PoolTimeout(
+                f"pool {self.name!r} initialization incomplete after {timeout} sec",
+                snapshot=self.snapshot(),
+            )
+            raise err from cause
+        with self._lock:
+            self._pool_full_event = None
+        logger.info("pool %r is ready to use", self.name)
+
+    def _on_idle_added_locked(self) -> None:
+        if self._pool_full_event and len(self._idle) >= self._min_size:
+            self._pool_full_event.set()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: fail waiting and future requests with `PoolClosed`.
+
+        Idle connections are closed now; checked-out ones when they come back.
+        Waits up to *timeout* seconds for the background workers to stop.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            idle = list(self._idle)
+            self._idle.clear()
+            now = monotonic()
+            for conn in idle:
+                self._count_closed_locked(conn, "close", now)
+                self._nconns -= 1
+            error = PoolClosed(f"the pool {self.name!r} is closed")
+            for waiter in waiting:
+                waiter.fail(error)
+        logger.debug("pool %r closed", self.name)
+        self._sched.enter(0, None)
+        workers, self._workers = self._workers, []
+        for _ in workers:
+            self.run_task(StopWorker(self))
+        if self._sched_runner:
+            workers.append(self._sched_runner)
+            self._sched_runner = None
+        for name in await agather(workers, timeout):
+            logger.warning("couldn't stop worker %r of pool %r in %s sec", name, self.name, timeout)
+        for conn in idle:
+            await self._close_connection(conn)
+        self._flush_notifications()
+        if self._observer:
+            self._observer.close()
+
+    async def __aenter__(self) -> AsyncConnectionPool[ACT]:
+        self._open_implicit = False
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise self._closed_error()
+        if self._open_implicit:
+            self._warn_implicit_open()
+
+    # --- handing connections out ---
+
+    def connection(self, timeout: float | None = None) -> _AsyncBorrow[ACT]:
+        """Context manager lending a connection, returned on exit.
+
+        On exit the transaction is committed, or rolled back after an exception, as
+        psycopg's own connection context does; a broken connection is replaced.
+
+        Raises:
+            PoolTimeout, TooManyRequests, PoolClosed: as `getconn()`.
+        """
+        return _AsyncBorrow(self, timeout)
+
+    async def getconn(self, timeout: float | None = None) -> ACT:
+        """Take a connection; the caller must give it back with `putconn()`.
+
+        Waits up to *timeout* seconds (default: the pool's ``timeout``); 0 means
+        "only if one is free now". Waiting requests are served first come, first served.
+
+        Raises:
+            PoolTimeout: no connection within the timeout; says the pool's state and
+                chains the last connection error, if connecting failed.
+            TooManyRequests: ``max_waiting`` requests are already waiting.
+            PoolClosed: the pool is closed, not open yet, or inherited across fork().
+        """
+        t0 = monotonic()
+        if self._open_implicit:
+            self._check_usable()
+        waiter: AWaiter | None = None
+        err: Exception | None = None
+        with self._lock:
+            now = monotonic()
+            self._agg.requests += 1
+            conn = None if self._closed else self._take_idle_locked(now)
+            if conn is not None:
+                self._checkout_locked(conn, now)
+                if self._check is None:
+                    # The fast path: one lock, no I/O.
+                    self._agg.acquire["ok"].observe(now - t0)
+                    conn._pool = self
+                    if self.leak_timeout is not None:
+                        self._leak_stacks[conn] = borrower_stack()
+                    if self._observer is None:
+                        return cast(ACT, conn)
+                    self._notify_later.append(("on_acquire", (now - t0, "ok", False)))
+            else:
+                try:
+                    waiter = self._queue_or_reserve_locked(t0)
+                except (PoolClosed, TooManyRequests) as ex:
+                    outcome = "closed" if isinstance(ex, PoolClosed) else "too_many"
+                    self._record_acquire_locked(outcome, now - t0, queued=False)
+                    err = ex
+        if err is not None:
+            self._notify_acquire_failure(now - t0, err, queued=False)
+            raise err
+        if conn is not None and self._check is None:
+            self._flush_notifications()
+            return cast(ACT, conn)
+        if timeout is None:
+            timeout = self.timeout
+        return await self._getconn_slow(t0, timeout, waiter, conn)
+
+    def _queue_or_reserve_locked(self, t0: float) -> AWaiter | None:
+        """No idle connection: queue a waiter, or (null pools) reserve a new connection.
+
+        Returns the waiter, or None when a connection was reserved for the caller.
+        """
+        if self._closed:
+            raise self._closed_error()
+        if self._reserve_new_locked():
+            return None
+        waiter = AWaiter(t0)
+        self._enqueue_locked(waiter)
+        if self._grow_if_useful_locked():
+            self.run_task(AddConnection(self, growing=True))
+        return waiter
+
+    async def _getconn_slow(
+        self, t0: float, timeout: float, waiter: AWaiter | None, conn: Any
+    ) -> ACT:
+        """Wait for, or open, a connection and run the ``check`` callback, retrying."""
+        deadline = t0 + timeout
+        queued = waiter is not None
+        backoff: Backoff | None = None
+        try:
+            while True:
+                if conn is None:
+                    if waiter is not None:
+                        conn = await self._wait_for_connection(waiter, deadline, timeout)
+                        waiter = None
+                    else:
+                        conn = await self._connect_for_request(deadline, timeout)
+                if self._check is None or await self._passes_check(conn):
+                    break
+                conn = None
+                now = monotonic()
+                if backoff is None:
+                    backoff = Backoff(timeout=max(0.0, deadline - now))
+                else:
+                    backoff.update_delay(now)
+                if backoff.time_to_give_up(now) or now >= deadline:
+                    raise self._timeout_error(timeout)
+                await asleep(min(backoff.delay, deadline - now))
+                with self._lock:
+                    now = monotonic()
+                    conn = None if self._closed else self._take_idle_locked(now)
+                    if conn is not None:
+                        self._checkout_locked(conn, now)
+                    else:
+                        waiter = self._queue_or_reserve_locked(t0)
+                        queued = queued or waiter is not None
+        except ACLIENT_EXCEPTIONS as ex:
+            wait = monotonic() - t0
+            with self._lock:
+                self._record_acquire_locked(_failure_outcome(ex), wait, queued=queued)
+            self._notify_acquire_failure(wait, ex, queued=queued)
+            raise
+        conn._pool = self
+        wait = monotonic() - t0
+        stack = borrower_stack() if self.leak_timeout is not None else None
+        with self._lock:
+            if stack is not None:
+                self._leak_stacks[conn] = stack
+            self._agg.acquire["ok"].observe(wait)
+            if queued:
+                self._agg.queued_wait_seconds += wait
+        if self._observer:
+            self._observer.on_acquire(wait, "ok", queued=queued)
+            self._flush_notifications()
+        return cast(ACT, conn)
+
+    async def _wait_for_connection(self, waiter: AWaiter, deadline: float, timeout: float) -> Any:
+        try:
+            await waiter.wait(deadline - monotonic())
+        except BaseException:
+            # Cancelled or interrupted: if a connection arrived meanwhile, put it back.
+            with self._lock:
+                gave_up = waiter.abandon()
+                if gave_up:
+                    self._remove_waiter_locked(waiter)
+            if not gave_up and waiter.conn is not None:
+                await self._giveback_unused(waiter.conn)
+            raise
+        with self._lock:
+            timed_out = waiter.abandon()
+            if timed_out:
+                self._remove_waiter_locked(waiter)
+        if timed_out:
+            raise self._timeout_error(timeout)
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.conn
+
+    def _remove_waiter_locked(self, waiter: AWaiter) -> None:
+        with suppress(ValueError):
+            self._waiting.remove(waiter)
+
+    async def _connect_for_request(self, deadline: float, timeout: float) -> Any:
+        """Open a connection for one request (null pools), in the room reserved for it."""
+        try:
+            conn = await self._connect(timeout=max(0.001, deadline - monotonic()))
+        except BaseException as ex:
+            with self._lock:
+                self._nconns -= 1
+            if isinstance(ex, e.ConnectionTimeout):
+                raise self._timeout_error(timeout) from ex
+            raise
+        with self._lock:
+            self._checkout_locked(conn, monotonic())
+        return conn
+
+    async def _giveback_unused(self, conn: Any) -> None:
+        """Put back a connection assigned to a request that gave up before taking it."""
+        with self._lock:
+            now = monotonic()
+            self._uncheckout_locked(conn, now)
+            close_now = self._put_back_locked(conn, now)
+        if close_now:
+            await self._close_connection(conn)
+        self._flush_notifications()
+
+    async def _passes_check(self, conn: Any) -> bool:
+        """Run the ``check`` callback; on failure retire the connection and say False."""
+        assert self._check is not None
+        try:
+            await self._check(conn)
+        except ACLIENT_EXCEPTIONS as ex:
+            logger.info("connection failed check: %s", ex)
+            with self._lock:
+                now = monotonic()
+                self._uncheckout_locked(conn, now)
+                self._agg.connections_lost += 1
+                self._count_error_locked("check_failed")
+                close_now = self._put_back_locked(conn, now, "check_failed")
+            if close_now:
+                await self._close_connection(conn)
+            self._flush_notifications()
+            if not isinstance(ex, Exception):
+                raise
+            return False
+        with self._lock:  # the hold time starts now, after the check
+            self._out.pop(conn, None)
+            self._out[conn] = monotonic()
+        return True
+
+    def _notify_acquire_failure(self, wait: float, error: BaseException, *, queued: bool) -> None:
+        if self._observer:
+            self._observer.on_acquire(wait, _failure_outcome(error), queued=queued)
+            self._flush_notifications()
+
+    # --- taking connections back ---
+
+    async def putconn(self, conn: ACT) -> None:
+        """Give back a connection taken with `getconn()`.
+
+        An open transaction is rolled back (with a warning); a broken connection is
+        replaced; the ``reset`` callback runs before the connection is reused.
+
+        Raises:
+            ValueError: *conn* does not come from this pool, or was already returned.
+        """
+        if conn.pgconn.transaction_status == IDLE and self._reset is None:
+            with self._lock:
+                now = monotonic()
+                use = self._checkin_locked(conn, now, still_used=False)
+                close_now = self._put_back_locked(conn, now)
+            if self._observer:
+                self._observer.on_release(use)
+                self._flush_notifications()
+            if close_now:
+                await self._close_connection(conn)
+            return
+        with self._lock:
+            use = self._checkin_locked(conn, monotonic(), still_used=True)
+        if self._observer:
+            self._observer.on_release(use)
+        if self._reset is not None and not self._closed:
+            self.run_task(ReturnConnection(self, conn))
+        else:
+            await self._return_connection(conn)
+        self._flush_notifications()
+
+    async def _return_connection(self, conn: Any) -> None:
+        """Bring a returned connection back to a clean state, then reuse or retire it."""
+        conn._pool = None
+        reason = await self._reset_connection(conn)
+        with self._lock:
+            now = monotonic()
+            self._used_change_locked(now, -1)
+            close_now = self._put_back_locked(conn, now, reason)
+        if close_now:
+            await self._close_connection(conn)
+
+    async def _reset_connection(self, conn: Any) -> str | None:
+        """Roll back and run ``reset``; return why the connection must go, or None."""
+        status = conn.pgconn.transaction_status
+        if status == UNKNOWN:
+            logger.warning("discarding closed connection: %s", conn)
+            with self._lock:
+                self._agg.returns_bad += 1
+                self._count_error_locked("broken")
+            return "broken"
+        if status in (INTRANS, INERROR):
+            logger.warning("rolling back returned connection: %s", conn)
+            with self._lock:
+                self._count_error_locked("rollback_on_return")
+            try:
+                await conn.rollback()
+            except ACLIENT_EXCEPTIONS as ex:
+                logger.warning(
+                    "rollback failed: %s: %s. Discarding connection %s", type(ex).__name__, ex, conn
+                )
+                with self._lock:
+                    self._count_error_locked("reset_failed")
+                return "broken" if conn.closed else "reset_failed"
+        elif status != IDLE:
+            logger.warning("closing returned connection: %s", conn)
+            with self._lock:
+                self._count_error_locked("reset_failed")
+            return "reset_failed"
+        if self._reset is not None:
+            try:
+                await self._reset(conn)
+                status = conn.pgconn.transaction_status
+                if status != IDLE:
+                    raise e.ProgrammingError(
+                        f"connection left in status {TransactionStatus(status).name} by reset"
+                        f" function {self._reset}: discarded"
+                    )
+            except ACLIENT_EXCEPTIONS as ex:
+                logger.warning("error resetting connection: %s", ex)
+                with self._lock:
+                    self._count_error_locked("reset_failed")
+                return "reset_failed"
+        return None
+
+    async def _close_connection(self, conn: Any) -> None:
+        conn._pool = None
+        try:
+            await conn.close()
+        except ACLIENT_EXCEPTIONS as ex:
+            logger.debug("error closing connection in %r: %s", self.name, ex)
+
+    # --- maintenance requested by users ---
+
+    async def drain(self) -> None:
+        """Replace every connection: idle ones now, checked-out ones when they return.
+
+        Useful after something the connections captured changed (adapters, settings).
+        """
+        with self._lock:
+            now = self._drained_at = monotonic()
+            while self._idle:
+                self._retire_locked(self._idle.popleft(), "drain", now, replace=True)
+        self._flush_notifications()
+
+    async def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change the pool's size limits while it runs.
+
+        Growing opens connections at once; shrinking closes idle connections above the
+        new *max_size* now, and checked-out ones when they return.
+        """
+        min_size, max_size = self._check_size(min_size, max_size)
+        logger.info("resizing %r to min_size=%s max_size=%s", self.name, min_size, max_size)
+        with self._lock:
+            ngrow = max(0, min_size - self._nconns)
+            self._min_size = min_size
+            self._max_size = max_size
+            self._nconns += ngrow
+            now = monotonic()
+            while self._nconns > max_size and self._idle:
+                self._retire_locked(self._idle.popleft(), "shrink", now, replace=False)
+        for _ in range(ngrow):
+            self.run_task(AddConnection(self))
+        self._flush_notifications()
+
+    async def check(self) -> None:
+        """Test every idle connection now; replace those that are broken or expired."""
+        with self._lock:
+            conns = list(self._idle)
+            self._idle.clear()
+            self._used_change_locked(monotonic(), len(conns))  # busy while being checked
+            if self._grow_if_useful_locked():
+                self.run_task(AddConnection(self, growing=True))
+        for conn in conns:
+            reason: str | None = None
+            if conn._expire_at <= monotonic():
+                logger.info("discarding expired connection %s", conn)
+                reason = "max_lifetime"
+            else:
+                try:
+                    await self.check_connection(conn)
+                except ACLIENT_EXCEPTIONS:
+                    logger.warning("discarding broken connection: %s", conn)
+                    reason = "broken"
+            with self._lock:
+                now = monotonic()
+                self._used_change_locked(now, -1)
+                if reason == "broken":
+                    self._agg.connections_lost += 1
+                    self._count_error_locked("broken")
+                close_now = self._put_back_locked(conn, now, reason)
+            if close_now:
+                await self._close_connection(conn)
+        self._flush_notifications()
+
+    @staticmethod
+    async def check_connection(conn: ACT) -> None:
+        """Raise if *conn* does not answer an empty query; usable as the ``check`` callback."""
+        if conn.autocommit:
+            await conn.execute("")
+            return
+        await conn.set_autocommit(True)
+        try:
+            await conn.execute("")
+        finally:
+            with suppress(Exception):  # keep the original error if the connection broke
+                await conn.set_autocommit(False)
+
+    async def reconnect_failed(self) -> None:
+        """Called when a connection could not be opened within ``reconnect_timeout``."""
+        if self._reconnect_failed is not None:
+            await aensure(self._reconnect_failed, self)
+
+    # --- background work ---
+
+    def run_task(self, task: MaintenanceTask) -> None:
+        """Hand *task* to a background worker."""
+        self._tasks.put_nowait(task)
+
+    def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
+        """Hand *task* to a background worker in *delay* seconds."""
+        self._sched.enter(delay, task.tick)
+
+    def _schedule_close(self, conn: Any, *, replace: bool) -> None:
+        self.run_task(CloseConnection(self, conn, replace=replace))
+
+    async def _connect(self, timeout: float | None = None) -> ACT:
+        """Open and configure a new connection; count it, and its failure."""
+        conninfo = await aensure(self.conninfo) if callable(self.conninfo) else self.conninfo
+        kwargs = (await aensure(self.kwargs) if callable(self.kwargs) else self.kwargs) or {}
+        if timeout:
+            kwargs = {**kwargs, "connect_timeout": max(round(timeout), 1)}
+        t0 = monotonic()
+        try:
+            conn = await self.connection_class.connect(conninfo, **kwargs)
+        except ACLIENT_EXCEPTIONS as ex:
+            with self._lock:
+                self._connect_failed_locked(monotonic() - t0, ex)
+            if self._observer:
+                self._observer.on_connect(monotonic() - t0, ex)
+                self._flush_notifications()
+            if isinstance(ex, Exception):
+                secrets = secrets_in(conninfo, kwargs)
+                if secrets and any(s in str(ex) for s in secrets):
+                    raise type(ex)(redact(str(ex), secrets)) from None
+            raise
+        conn._pool = self  # type: ignore[assignment]  # keeps `with conn` in configure open
+        try:
+            if not self._server_max_read:
+                await self._read_server_budget(conn)
+            if self._configure is not None:
+                await self._configure(conn)
+                status = conn.pgconn.transaction_status
+                if status != IDLE:
+                    raise e.ProgrammingError(
+                        f"connection left in status {TransactionStatus(status).name} by configure"
+                        f" function {self._configure}: discarded"
+                    )
+        except ACLIENT_EXCEPTIONS as ex:
+            with self._lock:
+                self._connect_failed_locked(monotonic() - t0, ex)
+            await self._close_connection(conn)
+            raise
+        with self._lock:
+            t1 = monotonic()
+            self._connected_locked(conn, t0, t1)
+        if self._observer:
+            self._observer.on_connect(t1 - t0, None)
+        return conn
+
+    async def _read_server_budget(self, conn: Any) -> None:
+        # Read once per pool: the fleet-budget alert compares the sum of max_size
+        # across instances with what the server allows ordinary users.
+        self._server_max_read = True
+        try:
+            cur = await conn.execute(_SERVER_BUDGET_SQL)
+            row = await cur.fetchone()
+            if row is not None:
+                self.server_max_connections = int(row[0])
+        except Exception as ex:
+            logger.debug("could not read max_connections in %r: %s", self.name, ex)
+        finally:
+            if conn.pgconn.transaction_status != IDLE:
+                with suppress(Exception):
+                    await conn.rollback()
+
+    async def _add_connection(self, attempt: Backoff | None, growing: bool = False) -> None:
+        """Open one connection for the pool, retrying with backoff up to reconnect_timeout."""
+        now = monotonic()
+        if attempt is None:
+            attempt = Backoff(timeout=self.reconnect_timeout)
+        try:
+            conn = await self._connect()
+        except ACLIENT_EXCEPTIONS as ex:
+            logger.warning("error connecting in %r: %s", self.name, ex)
+            if attempt.time_to_give_up(now):
+                logger.warning(
+                    "reconnection attempt in pool %r failed after %s sec",
+                    self.name,
+                    self.reconnect_timeout,
+                )
+                with self._lock:
+                    self._nconns -= 1
+                    if growing:
+                        self._growing = False
+                await self.reconnect_failed()
+            else:
+                attempt.update_delay(now)
+                self.schedule_task(AddConnection(self, attempt, growing=growing), attempt.delay)
+            return
+
+        logger.info("adding new connection to the pool %r", self.name)
+        with self._lock:
+            close_now = self._put_back_locked(conn, monotonic())
+            if growing:
+                # Keep growing while below min_size, or while requests wait and there is room.
+                if not self._closed and (
+                    self._nconns < self._min_size
+                    or (self._nconns < self._max_size and self._waiting)
+                ):
+                    self._nconns += 1
+                    logger.info("growing pool %r to %s", self.name, self._nconns)
+                    self.run_task(AddConnection(self, growing=True))
+                else:
+                    self._growing = False
+        if close_now:
+            await self._close_connection(conn)
+        self._flush_notifications()
+
+    async def _shrink_pool(self) -> None:
+        """Close one idle connection if some stayed unused for a whole max_idle period."""
+        with self._lock:
+            nconns_min, self._nconns_min = self._nconns_min, len(self._idle)
+            if not (self._nconns > self._min_size and nconns_min > 0 and self._idle):
+                return
+            conn = self._idle.popleft()  # the least recently used
+            self._nconns_min -= 1
+            self._retire_locked(conn, "max_idle", monotonic(), replace=False)
+            size = self._nconns
+        logger.info(
+            "shrinking pool %r to %s because %s unused connections in the last %s sec",
+            self.name,
+            size,
+            nconns_min,
+            self.max_idle,
+        )
+        self._flush_notifications()
+
+    async def _scan_leaks(self) -> None:
+        with self._lock:
+            found = self._leak_scan_locked(monotonic())
+        for held, stack in found:
+            logger.warning(
+                "connection of pool %r checked out for %.3f sec (leak_timeout=%s),"
+                " possibly leaked; taken at:\n%s",
+                self.name,
+                held,
+                self.leak_timeout,
+                stack,
+            )
+            if self._observer:
+                self._observer.on_leak(held, stack)
+
+
+class _AsyncBorrow(Generic[ACT]):
+    """What `AsyncConnectionPool.connection()` returns: a light async context manager."""
+
+    __slots__ = ("_conn", "_pool", "_timeout")
+
+    def __init__(self, pool: AsyncConnectionPool[ACT], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: ACT | None = None
+
+    async def __aenter__(self) -> ACT:
+        self._conn = await self._pool.getconn(self._timeout)
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        assert conn is not None
+        self._conn = None
+        try:
+            # psycopg's connection exit commits or rolls back; with no transaction
+            # open and no error, it would do nothing, so skip the call.
+            if exc_type is not None or conn.pgconn.transaction_status != IDLE:
+                await conn.__aexit__(exc_type, exc_val, exc_tb)
+        finally:
+            await self._pool.putconn(conn)
+
+
+async def _worker(tasks: AQueue[MaintenanceTask]) -> None:
+    """Run maintenance tasks until a StopWorker arrives; survive any task failure."""
+    while True:
+        task = await tasks.get()
+        if isinstance(task, StopWorker):
+            return
+        try:
+            await task.run()
+        except ACLIENT_EXCEPTIONS as ex:
+            logger.warning("task run %s failed: %s: %s", task, type(ex).__name__, ex)
+
+
+def _failure_outcome(error: BaseException) -> str:
+    if isinstance(error, PoolTimeout):
+        return "timeout"
+    if isinstance(error, TooManyRequests):
+        return "too_many"
+    if isinstance(error, PoolClosed):
+        return "closed"
+    if not isinstance(error, Exception):
+        return "cancelled"
+    return "error"
+
+
+def _check_conninfo(conninfo: object) -> None:
+    if callable(conninfo):
+        return
+    if not isinstance(conninfo, str):
+        raise TypeError(f"conninfo must be a string or a callable, got {type(conninfo).__name__}")
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(conninfo)
+    except Exception as ex:
+        msg = redact(str(ex), secrets_in(conninfo))
+        raise ValueError(f"conninfo is not a valid connection string: {msg}") from None
+
+
+_ARGUMENTS = [
+    "conninfo",
+    "connection_class",
+    "kwargs",
+    "min_size",
+    "max_size",
+    "open",
+    "configure",
+    "check",
+    "reset",
+    "name",
+    "close_returns",
+    "timeout",
+    "max_waiting",
+    "max_lifetime",
+    "max_idle",
+    "reconnect_timeout",
+    "reconnect_failed",
+    "num_workers",
+    "leak_timeout",
+    "observer",
+]

@@ -1,0 +1,637 @@
+# GENERATED from test_pool_async.py by tools/unasync.py. DO NOT EDIT.
+"""Behaviour of ConnectionPool against a real PostgreSQL (sync twin: test_pool.py)."""
+
+from __future__ import annotations
+
+import logging
+from time import monotonic
+
+import psycopg
+import pytest
+from psycopg.pq import TransactionStatus
+
+from poolwatch import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
+from poolwatch.observe import PoolObserver
+
+from ..acompat import gather, sleep, spawn, wait_until
+
+pytestmark = pytest.mark.db
+
+
+class RecordingObserver(PoolObserver):
+    """Keeps every event, to assert on events rather than on any metrics backend."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[object, ...]] = []
+
+    def on_acquire(self, wait_seconds, outcome, queued):
+        self.events.append(("acquire", outcome, queued, wait_seconds))
+
+    def on_release(self, use_seconds):
+        self.events.append(("release", use_seconds))
+
+    def on_connect(self, seconds, error):
+        self.events.append(("connect", error is None, seconds))
+
+    def on_close(self, age_seconds, reason):
+        self.events.append(("close", reason, age_seconds))
+
+    def on_error(self, kind, sqlstate_class):
+        self.events.append(("error", kind, sqlstate_class))
+
+    def on_leak(self, held_seconds, stack):
+        self.events.append(("leak", held_seconds, stack))
+
+    def of(self, kind):
+        return [e for e in self.events if e[0] == kind]
+
+
+def app(request) -> str:
+    """An application_name unique to the test, to count its backends on the server."""
+    return "t-" + request.node.name.replace("[", "-").replace("]", "")[-50:]
+
+
+def backend_pids(pool) -> set[int]:
+    pids = set()
+    conns = [pool.getconn() for _ in range(pool.max_size)]
+    for conn in conns:
+        pids.add(conn.info.backend_pid)
+    for conn in conns:
+        pool.putconn(conn)
+    return pids
+
+
+# --- opening, closing, waiting ---
+
+
+def test_defaults(dsn):
+    pool = ConnectionPool(dsn, open=False)
+    assert (pool.min_size, pool.max_size) == (4, 4)
+    assert pool.timeout == 30.0 and pool.max_waiting == 0
+    assert pool.max_lifetime == 3600.0 and pool.max_idle == 600.0
+    assert pool.reconnect_timeout == 300.0 and pool.num_workers == 3
+    assert pool.name.startswith("pool-") and pool.closed
+    assert pool.leak_timeout is None and pool.observer is None
+    assert ConnectionPool(dsn, open=False).name != pool.name
+
+
+def test_open_wait_fills_min_size(dsn, pg, request):
+    with ConnectionPool(
+        dsn, min_size=3, max_size=5, kwargs={"application_name": app(request)}
+    ) as pool:
+        pool.wait(timeout=10)
+        s = pool.snapshot()
+        assert (s.size, s.idle, s.used) == (3, 3, 0)
+        assert pg.backends(app(request)) == 3
+        assert pool.server_max_connections == pg.max_connections - 3
+    wait_until(lambda: pg.backends(app(request)) == 0)
+
+
+def test_open_wait_timeout_closes_pool(pg):
+    pool = ConnectionPool(pg.dsn(port=1), min_size=1, open=False)
+    with pytest.raises(PoolTimeout, match="initialization incomplete") as exc:
+        pool.open(wait=True, timeout=0.5)
+    assert pool.closed
+    assert isinstance(exc.value.__cause__, psycopg.OperationalError)
+
+
+def test_closed_pool_refuses(dsn):
+    pool = ConnectionPool(dsn, min_size=1, open=False)
+    with pytest.raises(PoolClosed, match="not open yet"):
+        pool.getconn()
+    pool.open()
+    pool.close()
+    with pytest.raises(PoolClosed, match="already closed"):
+        pool.getconn()
+    with pytest.raises(PoolClosed, match="cannot be reused"):
+        pool.open()
+    pool.close()  # closing twice is fine
+    assert pool.aggregates().acquire["closed"].count == 2
+
+
+def test_close_fails_waiters_and_closes_returned(dsn):
+    pool = ConnectionPool(dsn, min_size=1, open=False)
+    pool.open(wait=True)
+    held = pool.getconn()
+    errors = []
+
+    def waiter():
+        try:
+            pool.getconn(timeout=10)
+        except PoolClosed as ex:
+            errors.append(ex)
+
+    task = spawn(waiter)
+    wait_until(lambda: pool.snapshot().waiting == 1)
+    pool.close()
+    gather(task)
+    assert len(errors) == 1 and "closed" in str(errors[0])
+    pool.putconn(held)
+    assert held.closed
+    a = pool.aggregates()
+    assert a.opened - a.closed == 0
+
+
+# --- handing out and taking back ---
+
+
+def test_getconn_putconn(dsn):
+    with ConnectionPool(dsn, min_size=2) as pool:
+        conn = pool.getconn()
+        assert conn._pool is pool
+        cur = conn.execute("SELECT 42")
+        assert (cur.fetchone()) == (42,)
+        conn.rollback()
+        pool.putconn(conn)
+        assert conn._pool is None and not conn.closed
+        s = pool.snapshot()
+        assert s.used == 0 and s.idle + s.opening == 2
+
+
+def test_connection_context_commits_and_rolls_back(dsn):
+    with ConnectionPool(dsn, min_size=1) as pool:
+        with pool.connection() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS ctx_t (v int)")
+            conn.execute("TRUNCATE ctx_t")
+            conn.execute("INSERT INTO ctx_t VALUES (1)")
+        with pytest.raises(ZeroDivisionError):
+            with pool.connection() as conn:
+                conn.execute("INSERT INTO ctx_t VALUES (2)")
+                raise ZeroDivisionError
+        with pool.connection() as conn:
+            cur = conn.execute("SELECT array_agg(v) FROM ctx_t")
+            assert (cur.fetchone()) == ([1],)
+            assert conn.pgconn.transaction_status == TransactionStatus.INTRANS
+        assert conn.pgconn.transaction_status == TransactionStatus.IDLE
+
+
+def test_lifo_reuse_keeps_one_connection_warm(dsn):
+    with ConnectionPool(dsn, min_size=3) as pool:
+        pool.wait()
+        pids = set()
+        for _ in range(5):
+            with pool.connection() as conn:
+                pids.add(conn.info.backend_pid)
+        assert len(pids) == 1
+
+
+def test_putconn_foreign_or_twice(dsn):
+    with (
+        ConnectionPool(dsn, min_size=1, name="one") as p1,
+        ConnectionPool(dsn, min_size=1, name="two") as p2,
+    ):
+        conn = p1.getconn()
+        with pytest.raises(ValueError, match="it comes from pool 'one'"):
+            p2.putconn(conn)
+        p1.putconn(conn)
+        with pytest.raises(ValueError, match="already returned"):
+            p1.putconn(conn)
+        with psycopg.Connection.connect(dsn) as other:
+            with pytest.raises(ValueError, match="doesn't come from any pool"):
+                p1.putconn(other)
+        assert p1.snapshot().idle == 1
+
+
+def test_timeout_message_names_pool_and_state(dsn):
+    with ConnectionPool(dsn, min_size=1, max_size=1, name="tight") as pool:
+        held = pool.getconn()
+        t0 = monotonic()
+        with pytest.raises(PoolTimeout) as exc:
+            pool.getconn(timeout=0.2)
+        assert 0.15 < monotonic() - t0 < 5
+        msg = str(exc.value)
+        assert "'tight'" in msg and "couldn't get a connection" in msg
+        assert "size=1/1" in msg and "used=1" in msg and "idle=0" in msg and "waiting=" in msg
+        assert exc.value.snapshot is not None and exc.value.snapshot.used == 1
+        assert exc.value.__cause__ is None
+        pool.putconn(held)
+        a = pool.aggregates()
+        assert a.acquire["timeout"].count == 1 and a.errors[("timeout", "")] == 1
+        assert pool.snapshot().waiting == 0
+
+
+def test_timeout_zero_means_do_not_wait(dsn):
+    with ConnectionPool(dsn, min_size=1, max_size=1) as pool:
+        pool.wait()
+        conn = pool.getconn(timeout=0)
+        with pytest.raises(PoolTimeout):
+            pool.getconn(timeout=0)
+        pool.putconn(conn)
+
+
+def test_waiters_are_served_in_order(dsn):
+    with ConnectionPool(dsn, min_size=1, max_size=1) as pool:
+        pool.wait()
+        held = pool.getconn()
+        served = []
+
+        def worker(i):
+            with pool.connection(timeout=10):
+                served.append(i)
+                sleep(0.01)
+
+        tasks = []
+        for i in range(6):
+            tasks.append(spawn(worker, i))
+            wait_until(lambda n=i + 1: pool.snapshot().waiting == n)
+        pool.putconn(held)
+        gather(*tasks)
+        assert served == list(range(6))
+        assert pool.aggregates().waits == 6
+
+
+def test_max_waiting(dsn):
+    with ConnectionPool(dsn, min_size=1, max_waiting=2) as pool:
+        held = pool.getconn()
+        outcomes = []
+
+        def waiter():
+            try:
+                pool.getconn(timeout=1.0)
+            except PoolTimeout:
+                outcomes.append("timeout")
+
+        tasks = [spawn(waiter) for _ in range(2)]
+        wait_until(lambda: pool.snapshot().waiting == 2)
+        with pytest.raises(TooManyRequests, match="2 requests waiting"):
+            pool.getconn()
+        gather(*tasks)
+        assert outcomes == ["timeout", "timeout"]
+        pool.putconn(held)
+        a = pool.aggregates()
+        assert a.acquire["too_many"].count == 1 and a.acquire["timeout"].count == 2
+        assert a.errors[("too_many_requests", "")] == 1
+        assert pool.get_stats()["requests_errors"] == 3
+
+
+def test_pool_grows_under_demand_and_caps(dsn, pg, request):
+    with ConnectionPool(
+        dsn, min_size=1, max_size=4, kwargs={"application_name": app(request)}
+    ) as pool:
+        pool.wait()
+        conns = [pool.getconn(timeout=10) for _ in range(4)]
+        assert pool.snapshot().size == 4
+        with pytest.raises(PoolTimeout):
+            pool.getconn(timeout=0.3)
+        assert pool.snapshot().size == 4 and pg.backends(app(request)) == 4
+        for conn in conns:
+            pool.putconn(conn)
+
+
+# --- returned-connection handling ---
+
+
+def test_rollback_on_return_warns_and_counts(dsn, caplog):
+    caplog.set_level(logging.WARNING, logger="poolwatch")
+    with ConnectionPool(dsn, min_size=1) as pool:
+        conn = pool.getconn()
+        conn.execute("SELECT 1")
+        assert conn.pgconn.transaction_status == TransactionStatus.INTRANS
+        pool.putconn(conn)
+        assert conn.pgconn.transaction_status == TransactionStatus.IDLE and not conn.closed
+        conn = pool.getconn()
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1/0")
+        assert conn.pgconn.transaction_status == TransactionStatus.INERROR
+        pool.putconn(conn)
+        assert conn.pgconn.transaction_status == TransactionStatus.IDLE
+        assert pool.aggregates().errors[("rollback_on_return", "")] == 2
+    assert [r.levelname for r in caplog.records if "rolling back" in r.message] == ["WARNING"] * 2
+
+
+def test_broken_connection_is_replaced(dsn):
+    obs = RecordingObserver()
+    with ConnectionPool(dsn, min_size=1, max_size=1, observer=obs) as pool:
+        conn = pool.getconn()
+        conn.close()
+        pool.putconn(conn)
+        with pool.connection(timeout=10) as conn2:
+            assert conn2 is not conn and not conn2.closed
+        stats = pool.get_stats()
+        assert stats["returns_bad"] == 1
+        a = pool.aggregates()
+        assert a.errors[("broken", "")] == 1 and a.lifetime["broken"].count == 1
+    assert ("close", "broken") in [e[:2] for e in obs.of("close")]
+
+
+def test_reset_callback(dsn):
+    calls = []
+
+    def reset(conn):
+        calls.append(conn.info.backend_pid)
+        conn.execute("SET timezone TO 'UTC'")
+        conn.commit()
+
+    with ConnectionPool(dsn, min_size=1, max_size=1, reset=reset) as pool:
+        with pool.connection() as conn:
+            pid = conn.info.backend_pid
+            conn.execute("SET timezone TO 'Asia/Tokyo'")
+        with pool.connection(timeout=5) as conn:
+            assert conn.info.backend_pid == pid
+            cur = conn.execute("SHOW timezone")
+            assert (cur.fetchone()) == ("UTC",)
+        assert calls and calls[0] == pid
+
+
+def test_reset_leaving_a_transaction_discards(dsn, caplog):
+    def bad_reset(conn):
+        conn.execute("SELECT 1")  # leaves INTRANS
+
+    with ConnectionPool(dsn, min_size=1, max_size=1, reset=bad_reset) as pool:
+        with pool.connection() as conn:
+            first = conn
+        with pool.connection(timeout=10) as conn:
+            assert conn is not first
+        wait_until(lambda: first.closed)
+        assert pool.aggregates().lifetime["reset_failed"].count == 1
+    assert any("error resetting connection" in r.message for r in caplog.records)
+
+
+def test_configure_callback(dsn):
+    def configure(conn):
+        conn.set_autocommit(True)
+
+    with ConnectionPool(dsn, min_size=2, configure=configure) as pool:
+        pool.wait()
+        with pool.connection() as conn:
+            assert conn.autocommit
+
+
+def test_configure_leaving_transaction_is_a_connect_error(pg):
+    def configure(conn):
+        conn.execute("SELECT 1")
+
+    pool = ConnectionPool(pg.dsn(), min_size=1, configure=configure, open=False)
+    pool.open()
+    with pytest.raises(PoolTimeout) as exc:
+        pool.getconn(timeout=0.5)
+    assert isinstance(exc.value.__cause__, psycopg.ProgrammingError)
+    assert "configure" in str(exc.value.__cause__)
+    pool.close()
+
+
+def test_check_callback_replaces_bad_connection(dsn):
+    bad = set()
+
+    def check(conn):
+        if conn.info.backend_pid in bad:
+            raise RuntimeError("failed check")
+        ConnectionPool.check_connection(conn)
+
+    with ConnectionPool(dsn, min_size=1, max_size=1, check=check) as pool:
+        with pool.connection() as conn:
+            bad.add(conn.info.backend_pid)
+        with pool.connection(timeout=10) as conn:
+            assert conn.info.backend_pid not in bad
+        a = pool.aggregates()
+        assert a.errors[("check_failed", "")] == 1 and a.lifetime["check_failed"].count == 1
+        assert pool.get_stats()["connections_lost"] == 1
+
+
+def test_check_method_discards_broken(dsn, pg, request):
+    name = app(request)
+    with ConnectionPool(dsn, min_size=2, kwargs={"application_name": name}) as pool:
+        pool.wait()
+        before = backend_pids(pool)
+        assert pg.terminate_backends(name) == 2
+        pool.check()
+        wait_until(lambda: pool.snapshot().idle == 2)
+        after = backend_pids(pool)
+        assert not before & after
+        assert pool.get_stats()["connections_lost"] == 2
+        assert pool.aggregates().lifetime["broken"].count == 2
+
+
+def test_check_connection_restores_autocommit(dsn):
+    with psycopg.Connection.connect(dsn) as conn:
+        ConnectionPool.check_connection(conn)
+        assert not conn.autocommit
+        conn.close()
+        with pytest.raises(psycopg.OperationalError):
+            ConnectionPool.check_connection(conn)
+
+
+# --- lifetime, idleness, size ---
+
+
+def test_expired_connection_is_never_handed_out(dsn):
+    with ConnectionPool(dsn, min_size=2, max_lifetime=0.3) as pool:
+        pool.wait()
+        sleep(0.4)  # both idle connections expire while idle
+        for _ in range(3):
+            with pool.connection(timeout=10) as conn:
+                assert monotonic() < conn._expire_at
+        wait_until(lambda: pool.aggregates().lifetime["max_lifetime"].count >= 2)
+
+
+def test_max_lifetime_jitter(dsn):
+    with ConnectionPool(dsn, min_size=4, max_lifetime=100) as pool:
+        pool.wait()
+        conns = list(pool._idle)
+        spans = [c._expire_at - c._created_at for c in conns]
+        assert all(95 <= s <= 100 for s in spans)
+        assert len(set(spans)) == 4
+
+
+def test_max_idle_shrinks_back_to_min_size(dsn):
+    with ConnectionPool(dsn, min_size=1, max_size=3, max_idle=0.2) as pool:
+        conns = [pool.getconn(timeout=10) for _ in range(3)]
+        for conn in conns:
+            pool.putconn(conn)
+        wait_until(lambda: pool.snapshot().size == 1, timeout=10)
+        assert pool.aggregates().lifetime["max_idle"].count == 2
+
+
+def test_resize(dsn, pg, request):
+    name = app(request)
+    with ConnectionPool(dsn, min_size=1, max_size=2, kwargs={"application_name": name}) as pool:
+        pool.wait()
+        pool.resize(3, 5)
+        assert (pool.min_size, pool.max_size) == (3, 5)
+        wait_until(lambda: pool.snapshot().idle == 3)
+        pool.resize(1, 1)
+        wait_until(lambda: pg.backends(name) == 1)
+        assert pool.snapshot().size == 1
+        assert pool.aggregates().lifetime["shrink"].count == 2
+        with pytest.raises(ValueError, match="max_size"):
+            pool.resize(3, 2)
+
+
+def test_drain_replaces_connections(dsn):
+    with ConnectionPool(dsn, min_size=2) as pool:
+        pool.wait()
+        held = pool.getconn()
+        before = {held.info.backend_pid} | {c.info.backend_pid for c in pool._idle}
+        pool.drain()
+        pool.putconn(held)  # returned after the drain: closed too
+        wait_until(lambda: held.closed)
+        wait_until(lambda: pool.snapshot().idle == 2)
+        after = backend_pids(pool)
+        assert not before & after
+        assert pool.aggregates().lifetime["drain"].count == 2
+
+
+# --- connecting ---
+
+
+def test_reconnect_failed_callback(pg):
+    called = []
+
+    def failed(pool):
+        called.append(pool)
+
+    pool = ConnectionPool(
+        pg.dsn(port=1), min_size=1, reconnect_timeout=0.2, reconnect_failed=failed, open=False
+    )
+    pool.open()
+    wait_until(lambda: bool(called), timeout=15)
+    assert called == [pool]
+    assert pool.snapshot().size == 0
+    errors = pool.aggregates().errors
+    assert errors[("connect", "08")] >= 1
+    pool.close()
+
+
+def test_callable_conninfo_and_kwargs(pg):
+    calls = []
+
+    def conninfo():
+        calls.append("conninfo")
+        return pg.dsn()
+
+    def kwargs():
+        calls.append("kwargs")
+        return {"application_name": "callable-kw"}
+
+    with ConnectionPool(conninfo, kwargs=kwargs, min_size=1) as pool:
+        with pool.connection(timeout=10) as conn:
+            assert conn.info.parameter_status("application_name") in ("callable-kw", b"callable-kw")
+    assert "conninfo" in calls and "kwargs" in calls
+
+
+def test_connection_class_connect_is_used(dsn):
+    made = []
+
+    class MyConnection(psycopg.Connection):
+        @classmethod
+        def connect(cls, *args, **kwargs):
+            conn = super().connect(*args, **kwargs)
+            made.append(conn)
+            return conn
+
+    with ConnectionPool(dsn, connection_class=MyConnection, min_size=1) as pool:
+        with pool.connection(timeout=10) as conn:
+            assert isinstance(conn, MyConnection) and conn in made
+
+
+def test_close_returns(dsn):
+    with ConnectionPool(dsn, min_size=1, max_size=1, close_returns=True) as pool:
+        conn = pool.getconn()
+        conn.close()  # psycopg returns it to the pool instead of closing it
+        assert not conn.closed
+        assert pool.snapshot().idle == 1
+        with pool.connection(timeout=1) as again:
+            assert again is conn
+
+
+def test_connect_error_sqlstate_classes(pg):
+    bad_password = pg.dsn(password="wrong")
+    pool = ConnectionPool(bad_password, min_size=1, open=False)
+    pool.open()
+    wait_until(lambda: pool.aggregates().connect["error"].count >= 1)
+    assert ("connect", "28") in pool.aggregates().errors
+    with pytest.raises(PoolTimeout) as exc:
+        pool.getconn(timeout=0.3)
+    assert isinstance(exc.value.__cause__, psycopg.OperationalError)
+    assert "wrong" not in str(exc.value)
+    pool.close()
+
+
+# --- stats, snapshots, observers ---
+
+
+def test_get_stats_and_pop_stats(dsn):
+    with ConnectionPool(dsn, min_size=2, max_size=2) as pool:
+        pool.wait()
+        for _ in range(3):
+            with pool.connection():
+                pass
+        stats = pool.get_stats()
+        assert stats["requests_num"] == 3 and stats["connections_num"] == 2
+        assert stats["pool_min"] == 2 and stats["pool_max"] == 2
+        assert stats["pool_size"] == 2 and stats["pool_available"] == 2
+        assert stats["requests_waiting"] == 0 and "usage_ms" in stats
+        assert "requests_queued" not in stats and "requests_errors" not in stats
+        popped = pool.pop_stats()
+        assert popped["requests_num"] == 3
+        after = pool.get_stats()
+        assert "requests_num" not in after and "connections_num" not in after
+        assert after["pool_size"] == 2
+        assert pool.aggregates().requests == 3  # the metrics never go backwards
+
+
+def test_observer_sees_every_event(dsn):
+    obs = RecordingObserver()
+    with ConnectionPool(dsn, min_size=1, max_size=1, observer=obs) as pool:
+        pool.wait()
+        with pool.connection():
+            with pytest.raises(PoolTimeout):
+                pool.getconn(timeout=0.1)
+    acquires = [(e[1], e[2]) for e in obs.of("acquire")]
+    assert acquires == [("ok", False), ("timeout", True)]
+    assert len(obs.of("release")) == 1
+    assert [e[1] for e in obs.of("connect")] == [True]
+    assert [e[1] for e in obs.of("close")] == ["close"]
+    assert ("error", "timeout", "") in obs.events
+
+
+def test_a_failing_observer_never_breaks_the_pool(dsn, caplog):
+    class Broken(PoolObserver):
+        def on_acquire(self, wait_seconds, outcome, queued):
+            raise RuntimeError("observer bug")
+
+    with ConnectionPool(dsn, min_size=1, observer=Broken()) as pool:
+        for _ in range(3):
+            with pool.connection():
+                pass
+    assert len([r for r in caplog.records if "observer bug" in (r.exc_text or "")]) == 1
+
+
+def test_snapshot_and_integral(dsn):
+    with ConnectionPool(dsn, min_size=2, max_size=2) as pool:
+        pool.wait()
+        a = pool.getconn()
+        s0 = pool.snapshot()
+        sleep(0.3)
+        s1 = pool.snapshot()
+        pool.putconn(a)
+        assert s1.used == 1 and s1.idle == 1 and s1.saturation == 0.5
+        used = s1.used_seconds_total - s0.used_seconds_total
+        assert 0.25 < used < 0.6
+        assert s1.oldest_checkout_seconds >= 0.3
+        agg = pool.aggregates()
+        assert agg.opened - agg.closed == s1.idle + s1.used
+
+
+def test_leak_timeout_logs_stack_once_and_return(dsn, caplog):
+    caplog.set_level(logging.WARNING, logger="poolwatch")
+    obs = RecordingObserver()
+    with ConnectionPool(dsn, min_size=1, leak_timeout=0.1, observer=obs) as pool:
+        conn = pool.getconn()  # the line the report must point at
+        wait_until(lambda: pool.snapshot().leaked == 1)
+        wait_until(lambda: bool(obs.of("leak")))
+        sleep(0.3)
+        leaks = [r for r in caplog.records if "possibly leaked" in r.message]
+        assert len(leaks) == 1
+        assert "test_leak_timeout_logs_stack_once_and_return" in leaks[0].message
+        pool.putconn(conn)
+        assert pool.snapshot().leaked == 0
+    assert any("reported as leaked was returned" in r.message for r in caplog.records)
+
+
+def test_repr_reads_like_a_dashboard(dsn, secret):
+    with ConnectionPool(dsn, min_size=1, name="web") as pool:
+        pool.wait()
+        text = repr(pool)
+        assert "'web'" in text and "size=1/1" in text and "idle=1" in text
+        assert secret not in text
