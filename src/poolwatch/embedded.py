@@ -143,7 +143,11 @@ class Cluster:
         )
 
     def restart(self, mode: str = "fast") -> None:
-        self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "restart")
+        # -l matters: without it the new postmaster inherits our output pipes and
+        # subprocess.run() would wait for their end forever.
+        self._run(
+            "pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-m", mode, "-w", "restart"
+        )
 
     def is_running(self) -> bool:
         return self._run("pg_ctl", "-D", str(self.datadir), "status", check=False).returncode == 0

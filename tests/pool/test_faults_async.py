@@ -1,0 +1,97 @@
+"""Faults under a bounded concurrent load: the pool must stay correct (sync twin generated)."""
+
+from __future__ import annotations
+
+from time import monotonic
+
+import psycopg
+import pytest
+
+from poolwatch import AsyncConnectionPool, PoolTimeout
+
+from ..acompat import agather, asleep, aspawn, await_until
+
+pytestmark = [pytest.mark.db, pytest.mark.slow]
+
+TIMEOUT = 2.0
+
+
+class Load:
+    """Workers running SELECT 1 through the pool for a bounded time, recording outcomes."""
+
+    def __init__(self, pool, workers: int, seconds: float) -> None:
+        self.pool = pool
+        self.workers = workers
+        self.until = monotonic() + seconds
+        self.ok: list[float] = []  # completion times
+        self.failures: list[tuple[float, str]] = []
+        self.slowest = 0.0
+        self.max_size_seen = 0
+
+    async def worker(self):
+        while monotonic() < self.until:
+            t0 = monotonic()
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute("SELECT 1")
+                self.ok.append(monotonic())
+            except (psycopg.OperationalError, PoolTimeout) as ex:
+                self.failures.append((monotonic(), type(ex).__name__))
+                await asleep(0.01)
+            self.slowest = max(self.slowest, monotonic() - t0)
+            self.max_size_seen = max(self.max_size_seen, self.pool.snapshot().size)
+
+    async def run(self, fault):
+        tasks = [aspawn(self.worker) for _ in range(self.workers)]
+        await asleep(0.5)
+        fault_at = monotonic()
+        await fault()
+        await agather(*tasks, timeout=60)
+        return fault_at
+
+
+def check_invariants(pool):
+    s = pool.snapshot()
+    a = pool.aggregates()
+    assert s.size <= s.max_size
+    assert a.opened - a.closed == s.idle + s.used
+
+
+async def test_server_restart_mid_load(pg, dsn):
+    async with AsyncConnectionPool(dsn, min_size=2, max_size=4, timeout=TIMEOUT) as pool:
+        await pool.wait()
+        load = Load(pool, workers=4, seconds=4.0)
+
+        async def restart():
+            pg.restart("fast")
+
+        back_at = await load.run(restart)
+        assert load.slowest < TIMEOUT + 2.0, "a request hung past its timeout"
+        assert load.max_size_seen <= 4
+        assert [t for t in load.ok if t > back_at], "requests never succeeded again"
+        a = pool.aggregates()
+        assert a.errors.get(("broken", ""), 0) >= 1
+        assert a.lifetime["broken"].count >= 1
+        await await_until(lambda: pool.snapshot().idle == pool.snapshot().size)
+        check_invariants(pool)
+
+
+async def test_backends_killed_mid_load(pg, dsn):
+    name = "faults-kill"
+    async with AsyncConnectionPool(
+        dsn, min_size=3, max_size=3, timeout=TIMEOUT, kwargs={"application_name": name}
+    ) as pool:
+        await pool.wait()
+        load = Load(pool, workers=6, seconds=3.0)
+
+        async def kill():
+            assert pg.terminate_backends(name) >= 1
+
+        killed_at = await load.run(kill)
+        assert load.slowest < TIMEOUT + 2.0
+        assert [t for t in load.ok if t > killed_at + 0.2]
+        assert load.max_size_seen <= 3
+        await await_until(lambda: pool.snapshot().idle == 3)
+        await await_until(lambda: pg.backends(name) == 3)
+        check_invariants(pool)
+        assert pool.aggregates().lifetime["broken"].count >= 1
