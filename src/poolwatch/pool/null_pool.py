@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 from time import monotonic
-from typing import Any
+from typing import Any, NoReturn, cast
+
+from psycopg import Connection
 
 from .._acompat import sleep
-from ..abc import CT
+from ..abc import CT, ConnectFailedCB, ConnectionCB, ConninfoParam, KwargsParam
 from ..errors import PoolConfigError, PoolTimeout
+from ..observe import PoolObserver
 from .base import Backoff, check_int
 from .pool import ConnectionPool
 
@@ -25,9 +28,54 @@ class NullConnectionPool(ConnectionPool[CT]):
     *min_size* fixed at 0.
     """
 
-    def __init__(self, conninfo: Any = "", *, min_size: int = 0, **kwargs: Any) -> None:
-        kwargs.pop("close_returns", None)  # returning-on-close makes no sense here
-        super().__init__(conninfo, min_size=min_size, close_returns=False, **kwargs)
+    def __init__(
+        self,
+        conninfo: ConninfoParam = "",
+        *,
+        connection_class: type[CT] = cast(type[CT], Connection),  # noqa: B008
+        kwargs: KwargsParam | None = None,
+        min_size: int = 0,  # the one default that differs from ConnectionPool
+        max_size: int | None = None,
+        open: bool | None = None,
+        configure: ConnectionCB[CT] | None = None,
+        check: ConnectionCB[CT] | None = None,
+        reset: ConnectionCB[CT] | None = None,
+        name: str | None = None,
+        close_returns: bool = False,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 60 * 60.0,
+        max_idle: float = 10 * 60.0,
+        reconnect_timeout: float = 5 * 60.0,
+        reconnect_failed: ConnectFailedCB | None = None,
+        num_workers: int = 3,
+        leak_timeout: float | None = None,
+        observer: PoolObserver | None = None,
+        **unknown: NoReturn,
+    ) -> None:
+        super().__init__(
+            conninfo,
+            connection_class=connection_class,
+            kwargs=kwargs,
+            min_size=min_size,
+            max_size=max_size,
+            open=open,
+            configure=configure,
+            check=check,
+            reset=reset,
+            name=name,
+            close_returns=False,  # a connection closed by its user is gone anyway
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            reconnect_timeout=reconnect_timeout,
+            reconnect_failed=reconnect_failed,
+            num_workers=num_workers,
+            leak_timeout=leak_timeout,
+            observer=observer,
+            **unknown,
+        )
 
     def _check_size(self, min_size: int, max_size: int | None) -> tuple[int, int]:
         check_int("min_size", min_size, 0)

@@ -206,9 +206,9 @@ class ConnectionPool(Generic[CT], BasePool):
     def _start_initial_tasks(self) -> None:
         for _ in range(self._nconns):
             self.run_task(AddConnection(self))
-        self.schedule_task(ShrinkPool(self), self.max_idle)
+        self._sched.enter(self.max_idle, ShrinkPool(self).tick)
         if self.leak_timeout is not None:
-            self.schedule_task(LeakScan(self), self._leak_scan_interval())
+            self._sched.enter(self._leak_scan_interval(), LeakScan(self).tick)
 
     def _leak_scan_interval(self) -> float:
         assert self.leak_timeout is not None
@@ -689,6 +689,11 @@ class ConnectionPool(Generic[CT], BasePool):
     def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
         """Hand *task* to a background worker in *delay* seconds."""
         self._sched.enter(delay, task.tick)
+
+    @classmethod
+    def worker(cls, q: Queue[MaintenanceTask]) -> None:
+        """Run maintenance tasks from *q* until told to stop (what each worker runs)."""
+        _worker(q)
 
     def _schedule_close(self, conn: Any, *, replace: bool) -> None:
         self.run_task(CloseConnection(self, conn, replace=replace))

@@ -205,9 +205,9 @@ class AsyncConnectionPool(Generic[ACT], BasePool):
     def _start_initial_tasks(self) -> None:
         for _ in range(self._nconns):
             self.run_task(AddConnection(self))
-        self.schedule_task(ShrinkPool(self), self.max_idle)
+        self._sched.enter(self.max_idle, ShrinkPool(self).tick)
         if self.leak_timeout is not None:
-            self.schedule_task(LeakScan(self), self._leak_scan_interval())
+            self._sched.enter(self._leak_scan_interval(), LeakScan(self).tick)
 
     def _leak_scan_interval(self) -> float:
         assert self.leak_timeout is not None
@@ -687,9 +687,14 @@ class AsyncConnectionPool(Generic[ACT], BasePool):
         """Hand *task* to a background worker."""
         self._tasks.put_nowait(task)
 
-    def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
+    async def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
         """Hand *task* to a background worker in *delay* seconds."""
         self._sched.enter(delay, task.tick)
+
+    @classmethod
+    async def worker(cls, q: AQueue[MaintenanceTask]) -> None:
+        """Run maintenance tasks from *q* until told to stop (what each worker runs)."""
+        await _worker(q)
 
     def _schedule_close(self, conn: Any, *, replace: bool) -> None:
         self.run_task(CloseConnection(self, conn, replace=replace))
@@ -776,7 +781,9 @@ class AsyncConnectionPool(Generic[ACT], BasePool):
                 await self.reconnect_failed()
             else:
                 attempt.update_delay(now)
-                self.schedule_task(AddConnection(self, attempt, growing=growing), attempt.delay)
+                await self.schedule_task(
+                    AddConnection(self, attempt, growing=growing), attempt.delay
+                )
             return
 
         logger.info("adding new connection to the pool %r", self.name)

@@ -107,7 +107,7 @@ class ShrinkPool(MaintenanceTask):
     """Every max_idle seconds, close a connection that stayed unused."""
 
     async def _run(self, pool: AsyncConnectionPool[Any]) -> None:
-        pool.schedule_task(self, pool.max_idle)  # first, so a failure cannot stop the cycle
+        await pool.schedule_task(self, pool.max_idle)  # first, so a failure cannot stop the cycle
         await pool._shrink_pool()
 
 
@@ -115,5 +115,5 @@ class LeakScan(MaintenanceTask):
     """Periodically report checkouts that outlived leak_timeout."""
 
     async def _run(self, pool: AsyncConnectionPool[Any]) -> None:
-        pool.schedule_task(self, pool._leak_scan_interval())
+        await pool.schedule_task(self, pool._leak_scan_interval())
         await pool._scan_leaks()
