@@ -11,7 +11,6 @@ from typing import Any, Generic, NoReturn, cast
 
 from psycopg import AsyncConnection
 from psycopg import errors as e
-from psycopg.pq import TransactionStatus
 
 from .._acompat import (
     ACLIENT_EXCEPTIONS,
@@ -20,7 +19,6 @@ from .._acompat import (
     AWaiter,
     AWorker,
     acheck_running_loop,
-    aensure,
     agather,
     asleep,
     aspawn,
@@ -29,32 +27,22 @@ from ..abc import ACT, AsyncConnectFailedCB, AsyncConnectionCB, AsyncConninfoPar
 from ..errors import PoolClosed, PoolTimeout, TooManyRequests
 from ..observe import PoolObserver
 from ._redact import redact, secrets_in
-from .base import Backoff, BasePool, borrower_stack, reject_unknown_arguments
+from .base import Backoff, borrower_stack, reject_unknown_arguments
 from .sched_async import AsyncScheduler
 from .tasks_async import (
     AddConnection,
-    CloseConnection,
     LeakScan,
     MaintenanceTask,
     ReturnConnection,
     ShrinkPool,
     StopWorker,
 )
+from .upkeep_async import IDLE, AsyncPoolUpkeep, _worker
 
 logger = logging.getLogger("poolwatch.pool")
 
-IDLE = TransactionStatus.IDLE
-INTRANS = TransactionStatus.INTRANS
-INERROR = TransactionStatus.INERROR
-UNKNOWN = TransactionStatus.UNKNOWN
 
-_SERVER_BUDGET_SQL = (
-    "SELECT current_setting('max_connections')::int"
-    " - current_setting('superuser_reserved_connections')::int"
-)
-
-
-class AsyncConnectionPool(Generic[ACT], BasePool):
+class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
     """A pool of psycopg `AsyncConnection`, compatible with psycopg_pool's.
 
     Parameters and defaults are psycopg_pool 3.3's; poolwatch adds *leak_timeout*
@@ -208,10 +196,6 @@ class AsyncConnectionPool(Generic[ACT], BasePool):
         self._sched.enter(self.max_idle, ShrinkPool(self).tick)
         if self.leak_timeout is not None:
             self._sched.enter(self._leak_scan_interval(), LeakScan(self).tick)
-
-    def _leak_scan_interval(self) -> float:
-        assert self.leak_timeout is not None
-        return min(max(self.leak_timeout / 4, 0.05), 5.0)
 
     async def wait(self, timeout: float = 30.0) -> None:
         """Wait until the pool holds *min_size* connections.
@@ -539,305 +523,6 @@ class AsyncConnectionPool(Generic[ACT], BasePool):
             await self._return_connection(conn)
         self._flush_notifications()
 
-    async def _return_connection(self, conn: Any) -> None:
-        """Bring a returned connection back to a clean state, then reuse or retire it."""
-        conn._pool = None
-        reason = await self._reset_connection(conn)
-        with self._lock:
-            now = monotonic()
-            self._used_change_locked(now, -1)
-            close_now = self._put_back_locked(conn, now, reason)
-        if close_now:
-            await self._close_connection(conn)
-
-    async def _reset_connection(self, conn: Any) -> str | None:
-        """Roll back and run ``reset``; return why the connection must go, or None."""
-        status = conn.pgconn.transaction_status
-        if status == UNKNOWN:
-            logger.warning("discarding closed connection: %s", conn)
-            with self._lock:
-                self._agg.returns_bad += 1
-                self._count_error_locked("broken")
-            return "broken"
-        if status in (INTRANS, INERROR):
-            logger.warning("rolling back returned connection: %s", conn)
-            with self._lock:
-                self._count_error_locked("rollback_on_return")
-            try:
-                await conn.rollback()
-            except ACLIENT_EXCEPTIONS as ex:
-                logger.warning(
-                    "rollback failed: %s: %s. Discarding connection %s", type(ex).__name__, ex, conn
-                )
-                with self._lock:
-                    self._count_error_locked("reset_failed")
-                return "broken" if conn.closed else "reset_failed"
-        elif status != IDLE:
-            logger.warning("closing returned connection: %s", conn)
-            with self._lock:
-                self._count_error_locked("reset_failed")
-            return "reset_failed"
-        if self._reset is not None:
-            try:
-                await self._reset(conn)
-                status = conn.pgconn.transaction_status
-                if status != IDLE:
-                    raise e.ProgrammingError(
-                        f"connection left in status {TransactionStatus(status).name} by reset"
-                        f" function {self._reset}: discarded"
-                    )
-            except ACLIENT_EXCEPTIONS as ex:
-                logger.warning("error resetting connection: %s", ex)
-                with self._lock:
-                    self._count_error_locked("reset_failed")
-                return "reset_failed"
-        return None
-
-    async def _close_connection(self, conn: Any) -> None:
-        conn._pool = None
-        try:
-            await conn.close()
-        except ACLIENT_EXCEPTIONS as ex:
-            logger.debug("error closing connection in %r: %s", self.name, ex)
-
-    # --- maintenance requested by users ---
-
-    async def drain(self) -> None:
-        """Replace every connection: idle ones now, checked-out ones when they return.
-
-        Useful after something the connections captured changed (adapters, settings).
-        """
-        with self._lock:
-            now = self._drained_at = monotonic()
-            while self._idle:
-                self._retire_locked(self._idle.popleft(), "drain", now, replace=True)
-        self._flush_notifications()
-
-    async def resize(self, min_size: int, max_size: int | None = None) -> None:
-        """Change the pool's size limits while it runs.
-
-        Growing opens connections at once; shrinking closes idle connections above the
-        new *max_size* now, and checked-out ones when they return.
-        """
-        min_size, max_size = self._check_size(min_size, max_size)
-        logger.info("resizing %r to min_size=%s max_size=%s", self.name, min_size, max_size)
-        with self._lock:
-            ngrow = max(0, min_size - self._nconns)
-            self._min_size = min_size
-            self._max_size = max_size
-            self._nconns += ngrow
-            now = monotonic()
-            while self._nconns > max_size and self._idle:
-                self._retire_locked(self._idle.popleft(), "shrink", now, replace=False)
-        for _ in range(ngrow):
-            self.run_task(AddConnection(self))
-        self._flush_notifications()
-
-    async def check(self) -> None:
-        """Test every idle connection now; replace those that are broken or expired."""
-        with self._lock:
-            conns = list(self._idle)
-            self._idle.clear()
-            self._used_change_locked(monotonic(), len(conns))  # busy while being checked
-            if self._grow_if_useful_locked():
-                self.run_task(AddConnection(self, growing=True))
-        for conn in conns:
-            reason: str | None = None
-            if conn._expire_at <= monotonic():
-                logger.info("discarding expired connection %s", conn)
-                reason = "max_lifetime"
-            else:
-                try:
-                    await self.check_connection(conn)
-                except ACLIENT_EXCEPTIONS:
-                    logger.warning("discarding broken connection: %s", conn)
-                    reason = "broken"
-            with self._lock:
-                now = monotonic()
-                self._used_change_locked(now, -1)
-                if reason == "broken":
-                    self._agg.connections_lost += 1
-                    self._count_error_locked("broken")
-                close_now = self._put_back_locked(conn, now, reason)
-            if close_now:
-                await self._close_connection(conn)
-        self._flush_notifications()
-
-    @staticmethod
-    async def check_connection(conn: ACT) -> None:
-        """Raise if *conn* does not answer an empty query; usable as the ``check`` callback."""
-        if conn.autocommit:
-            await conn.execute("")
-            return
-        await conn.set_autocommit(True)
-        try:
-            await conn.execute("")
-        finally:
-            with suppress(Exception):  # keep the original error if the connection broke
-                await conn.set_autocommit(False)
-
-    async def reconnect_failed(self) -> None:
-        """Called when a connection could not be opened within ``reconnect_timeout``."""
-        if self._reconnect_failed is not None:
-            await aensure(self._reconnect_failed, self)
-
-    # --- background work ---
-
-    def run_task(self, task: MaintenanceTask) -> None:
-        """Hand *task* to a background worker."""
-        self._tasks.put_nowait(task)
-
-    async def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
-        """Hand *task* to a background worker in *delay* seconds."""
-        self._sched.enter(delay, task.tick)
-
-    @classmethod
-    async def worker(cls, q: AQueue[MaintenanceTask]) -> None:
-        """Run maintenance tasks from *q* until told to stop (what each worker runs)."""
-        await _worker(q)
-
-    def _schedule_close(self, conn: Any, *, replace: bool) -> None:
-        self.run_task(CloseConnection(self, conn, replace=replace))
-
-    async def _connect(self, timeout: float | None = None) -> ACT:
-        """Open and configure a new connection; count it, and its failure."""
-        conninfo = await aensure(self.conninfo) if callable(self.conninfo) else self.conninfo
-        kwargs = (await aensure(self.kwargs) if callable(self.kwargs) else self.kwargs) or {}
-        if timeout:
-            kwargs = {**kwargs, "connect_timeout": max(round(timeout), 1)}
-        t0 = monotonic()
-        try:
-            conn = await self.connection_class.connect(conninfo, **kwargs)
-        except ACLIENT_EXCEPTIONS as ex:
-            with self._lock:
-                self._connect_failed_locked(monotonic() - t0, ex)
-            if self._observer:
-                self._observer.on_connect(monotonic() - t0, ex)
-                self._flush_notifications()
-            if isinstance(ex, Exception):
-                secrets = secrets_in(conninfo, kwargs)
-                if secrets and any(s in str(ex) for s in secrets):
-                    raise type(ex)(redact(str(ex), secrets)) from None
-            raise
-        conn._pool = self  # type: ignore[assignment]  # keeps `with conn` in configure open
-        try:
-            if not self._server_max_read:
-                await self._read_server_budget(conn)
-            if self._configure is not None:
-                await self._configure(conn)
-                status = conn.pgconn.transaction_status
-                if status != IDLE:
-                    raise e.ProgrammingError(
-                        f"connection left in status {TransactionStatus(status).name} by configure"
-                        f" function {self._configure}: discarded"
-                    )
-        except ACLIENT_EXCEPTIONS as ex:
-            with self._lock:
-                self._connect_failed_locked(monotonic() - t0, ex)
-            await self._close_connection(conn)
-            raise
-        with self._lock:
-            t1 = monotonic()
-            self._connected_locked(conn, t0, t1)
-        if self._observer:
-            self._observer.on_connect(t1 - t0, None)
-        return conn
-
-    async def _read_server_budget(self, conn: Any) -> None:
-        # Read once per pool: the fleet-budget alert compares the sum of max_size
-        # across instances with what the server allows ordinary users.
-        self._server_max_read = True
-        try:
-            cur = await conn.execute(_SERVER_BUDGET_SQL)
-            row = await cur.fetchone()
-            if row is not None:
-                self.server_max_connections = int(row[0])
-        except Exception as ex:
-            logger.debug("could not read max_connections in %r: %s", self.name, ex)
-        finally:
-            if conn.pgconn.transaction_status != IDLE:
-                with suppress(Exception):
-                    await conn.rollback()
-
-    async def _add_connection(self, attempt: Backoff | None, growing: bool = False) -> None:
-        """Open one connection for the pool, retrying with backoff up to reconnect_timeout."""
-        now = monotonic()
-        if attempt is None:
-            attempt = Backoff(timeout=self.reconnect_timeout)
-        try:
-            conn = await self._connect()
-        except ACLIENT_EXCEPTIONS as ex:
-            logger.warning("error connecting in %r: %s", self.name, ex)
-            if attempt.time_to_give_up(now):
-                logger.warning(
-                    "reconnection attempt in pool %r failed after %s sec",
-                    self.name,
-                    self.reconnect_timeout,
-                )
-                with self._lock:
-                    self._nconns -= 1
-                    if growing:
-                        self._growing = False
-                await self.reconnect_failed()
-            else:
-                attempt.update_delay(now)
-                await self.schedule_task(
-                    AddConnection(self, attempt, growing=growing), attempt.delay
-                )
-            return
-
-        logger.info("adding new connection to the pool %r", self.name)
-        with self._lock:
-            close_now = self._put_back_locked(conn, monotonic())
-            if growing:
-                # Keep growing while below min_size, or while requests wait and there is room.
-                if not self._closed and (
-                    self._nconns < self._min_size
-                    or (self._nconns < self._max_size and self._waiting)
-                ):
-                    self._nconns += 1
-                    logger.info("growing pool %r to %s", self.name, self._nconns)
-                    self.run_task(AddConnection(self, growing=True))
-                else:
-                    self._growing = False
-        if close_now:
-            await self._close_connection(conn)
-        self._flush_notifications()
-
-    async def _shrink_pool(self) -> None:
-        """Close one idle connection if some stayed unused for a whole max_idle period."""
-        with self._lock:
-            nconns_min, self._nconns_min = self._nconns_min, len(self._idle)
-            if not (self._nconns > self._min_size and nconns_min > 0 and self._idle):
-                return
-            conn = self._idle.popleft()  # the least recently used
-            self._nconns_min -= 1
-            self._retire_locked(conn, "max_idle", monotonic(), replace=False)
-            size = self._nconns
-        logger.info(
-            "shrinking pool %r to %s because %s unused connections in the last %s sec",
-            self.name,
-            size,
-            nconns_min,
-            self.max_idle,
-        )
-        self._flush_notifications()
-
-    async def _scan_leaks(self) -> None:
-        with self._lock:
-            found = self._leak_scan_locked(monotonic())
-        for held, stack in found:
-            logger.warning(
-                "connection of pool %r checked out for %.3f sec (leak_timeout=%s),"
-                " possibly leaked; taken at:\n%s",
-                self.name,
-                held,
-                self.leak_timeout,
-                stack,
-            )
-            if self._observer:
-                self._observer.on_leak(held, stack)
-
 
 class _AsyncBorrow(Generic[ACT]):
     """What `AsyncConnectionPool.connection()` returns: a light async context manager."""
@@ -869,18 +554,6 @@ class _AsyncBorrow(Generic[ACT]):
                 await conn.__aexit__(exc_type, exc_val, exc_tb)
         finally:
             await self._pool.putconn(conn)
-
-
-async def _worker(tasks: AQueue[MaintenanceTask]) -> None:
-    """Run maintenance tasks until a StopWorker arrives; survive any task failure."""
-    while True:
-        task = await tasks.get()
-        if isinstance(task, StopWorker):
-            return
-        try:
-            await task.run()
-        except ACLIENT_EXCEPTIONS as ex:
-            logger.warning("task run %s failed: %s: %s", task, type(ex).__name__, ex)
 
 
 def _failure_outcome(error: BaseException) -> str:

@@ -11,7 +11,7 @@ from weakref import ref
 from .base import Backoff
 
 if TYPE_CHECKING:
-    from .pool import ConnectionPool
+    from .upkeep import PoolUpkeep
 
 logger = logging.getLogger("poolwatch.pool")
 
@@ -19,7 +19,7 @@ logger = logging.getLogger("poolwatch.pool")
 class MaintenanceTask(ABC):
     """A unit of background work. It holds the pool weakly: a dropped pool stops its work."""
 
-    def __init__(self, pool: ConnectionPool[Any]) -> None:
+    def __init__(self, pool: PoolUpkeep[Any]) -> None:
         self.pool = ref(pool)
 
     def __repr__(self) -> str:
@@ -42,13 +42,13 @@ class MaintenanceTask(ABC):
         pool.run_task(self)
 
     @abstractmethod
-    def _run(self, pool: ConnectionPool[Any]) -> None: ...
+    def _run(self, pool: PoolUpkeep[Any]) -> None: ...
 
 
 class StopWorker(MaintenanceTask):
     """Tells the worker that receives it to stop."""
 
-    def _run(self, pool: ConnectionPool[Any]) -> None:
+    def _run(self, pool: PoolUpkeep[Any]) -> None:
         pass
 
 
@@ -56,20 +56,20 @@ class AddConnection(MaintenanceTask):
     """Open a connection for the pool, with backoff between failed attempts."""
 
     def __init__(
-        self, pool: ConnectionPool[Any], attempt: Backoff | None = None, growing: bool = False
+        self, pool: PoolUpkeep[Any], attempt: Backoff | None = None, growing: bool = False
     ) -> None:
         super().__init__(pool)
         self.attempt = attempt
         self.growing = growing
 
-    def _run(self, pool: ConnectionPool[Any]) -> None:
+    def _run(self, pool: PoolUpkeep[Any]) -> None:
         pool._add_connection(self.attempt, growing=self.growing)
 
 
 class ReturnConnection(MaintenanceTask):
     """Reset a returned connection (``reset`` callback) away from the caller's path."""
 
-    def __init__(self, pool: ConnectionPool[Any], conn: Any) -> None:
+    def __init__(self, pool: PoolUpkeep[Any], conn: Any) -> None:
         super().__init__(pool)
         self.conn = conn
 
@@ -80,14 +80,14 @@ class ReturnConnection(MaintenanceTask):
         # Runs even on a closed pool: the connection must still be accounted for and closed.
         pool._return_connection(self.conn)
 
-    def _run(self, pool: ConnectionPool[Any]) -> None:
+    def _run(self, pool: PoolUpkeep[Any]) -> None:
         pass
 
 
 class CloseConnection(MaintenanceTask):
     """Close a connection the pool retired, and open its replacement if asked."""
 
-    def __init__(self, pool: ConnectionPool[Any], conn: Any, *, replace: bool) -> None:
+    def __init__(self, pool: PoolUpkeep[Any], conn: Any, *, replace: bool) -> None:
         super().__init__(pool)
         self.conn = conn
         self.replace = replace
@@ -100,14 +100,14 @@ class CloseConnection(MaintenanceTask):
         if self.replace and not pool.closed:
             pool._add_connection(None)
 
-    def _run(self, pool: ConnectionPool[Any]) -> None:
+    def _run(self, pool: PoolUpkeep[Any]) -> None:
         pass
 
 
 class ShrinkPool(MaintenanceTask):
     """Every max_idle seconds, close a connection that stayed unused."""
 
-    def _run(self, pool: ConnectionPool[Any]) -> None:
+    def _run(self, pool: PoolUpkeep[Any]) -> None:
         pool.schedule_task(self, pool.max_idle)  # first, so a failure cannot stop the cycle
         pool._shrink_pool()
 
@@ -115,6 +115,6 @@ class ShrinkPool(MaintenanceTask):
 class LeakScan(MaintenanceTask):
     """Periodically report checkouts that outlived leak_timeout."""
 
-    def _run(self, pool: ConnectionPool[Any]) -> None:
+    def _run(self, pool: PoolUpkeep[Any]) -> None:
         pool.schedule_task(self, pool._leak_scan_interval())
         pool._scan_leaks()

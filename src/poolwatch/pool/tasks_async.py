@@ -10,7 +10,7 @@ from weakref import ref
 from .base import Backoff
 
 if TYPE_CHECKING:
-    from .pool_async import AsyncConnectionPool
+    from .upkeep_async import AsyncPoolUpkeep
 
 logger = logging.getLogger("poolwatch.pool")
 
@@ -18,7 +18,7 @@ logger = logging.getLogger("poolwatch.pool")
 class MaintenanceTask(ABC):
     """A unit of background work. It holds the pool weakly: a dropped pool stops its work."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, pool: AsyncPoolUpkeep[Any]) -> None:
         self.pool = ref(pool)
 
     def __repr__(self) -> str:
@@ -41,13 +41,13 @@ class MaintenanceTask(ABC):
         pool.run_task(self)
 
     @abstractmethod
-    async def _run(self, pool: AsyncConnectionPool[Any]) -> None: ...
+    async def _run(self, pool: AsyncPoolUpkeep[Any]) -> None: ...
 
 
 class StopWorker(MaintenanceTask):
     """Tells the worker that receives it to stop."""
 
-    async def _run(self, pool: AsyncConnectionPool[Any]) -> None:
+    async def _run(self, pool: AsyncPoolUpkeep[Any]) -> None:
         pass
 
 
@@ -55,20 +55,20 @@ class AddConnection(MaintenanceTask):
     """Open a connection for the pool, with backoff between failed attempts."""
 
     def __init__(
-        self, pool: AsyncConnectionPool[Any], attempt: Backoff | None = None, growing: bool = False
+        self, pool: AsyncPoolUpkeep[Any], attempt: Backoff | None = None, growing: bool = False
     ) -> None:
         super().__init__(pool)
         self.attempt = attempt
         self.growing = growing
 
-    async def _run(self, pool: AsyncConnectionPool[Any]) -> None:
+    async def _run(self, pool: AsyncPoolUpkeep[Any]) -> None:
         await pool._add_connection(self.attempt, growing=self.growing)
 
 
 class ReturnConnection(MaintenanceTask):
     """Reset a returned connection (``reset`` callback) away from the caller's path."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], conn: Any) -> None:
+    def __init__(self, pool: AsyncPoolUpkeep[Any], conn: Any) -> None:
         super().__init__(pool)
         self.conn = conn
 
@@ -79,14 +79,14 @@ class ReturnConnection(MaintenanceTask):
         # Runs even on a closed pool: the connection must still be accounted for and closed.
         await pool._return_connection(self.conn)
 
-    async def _run(self, pool: AsyncConnectionPool[Any]) -> None:
+    async def _run(self, pool: AsyncPoolUpkeep[Any]) -> None:
         pass
 
 
 class CloseConnection(MaintenanceTask):
     """Close a connection the pool retired, and open its replacement if asked."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], conn: Any, *, replace: bool) -> None:
+    def __init__(self, pool: AsyncPoolUpkeep[Any], conn: Any, *, replace: bool) -> None:
         super().__init__(pool)
         self.conn = conn
         self.replace = replace
@@ -99,14 +99,14 @@ class CloseConnection(MaintenanceTask):
         if self.replace and not pool.closed:
             await pool._add_connection(None)
 
-    async def _run(self, pool: AsyncConnectionPool[Any]) -> None:
+    async def _run(self, pool: AsyncPoolUpkeep[Any]) -> None:
         pass
 
 
 class ShrinkPool(MaintenanceTask):
     """Every max_idle seconds, close a connection that stayed unused."""
 
-    async def _run(self, pool: AsyncConnectionPool[Any]) -> None:
+    async def _run(self, pool: AsyncPoolUpkeep[Any]) -> None:
         await pool.schedule_task(self, pool.max_idle)  # first, so a failure cannot stop the cycle
         await pool._shrink_pool()
 
@@ -114,6 +114,6 @@ class ShrinkPool(MaintenanceTask):
 class LeakScan(MaintenanceTask):
     """Periodically report checkouts that outlived leak_timeout."""
 
-    async def _run(self, pool: AsyncConnectionPool[Any]) -> None:
+    async def _run(self, pool: AsyncPoolUpkeep[Any]) -> None:
         await pool.schedule_task(self, pool._leak_scan_interval())
         await pool._scan_leaks()
