@@ -8,6 +8,8 @@ the server runs as the ``postgres`` system user (created if missing).
 from __future__ import annotations
 
 import glob
+import hashlib
+import importlib.util
 import os
 import pwd
 import secrets
@@ -45,12 +47,11 @@ def find_bindir() -> Path:
     candidates.extend(Path(p) for p in debian)
     if initdb := shutil.which("initdb"):
         candidates.append(Path(initdb).resolve().parent)
-    try:
-        import pgserver  # type: ignore[import-not-found,unused-ignore]
-
-        candidates.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
-    except ImportError:
-        pass
+    # Locate pgserver's bundled install without importing it (its import has side effects).
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidates.append(Path(location) / "pginstall" / "bin")
     for bindir in candidates:
         if all((bindir / tool).exists() for tool in ("initdb", "pg_ctl", "postgres")):
             return bindir
@@ -82,6 +83,52 @@ def _server_user() -> pwd.struct_passwd | None:
         capture_output=True,
     )
     return pwd.getpwnam("poolwatch-pg")
+
+
+def _reachable_by(user: pwd.struct_passwd, path: Path) -> bool:
+    """Whether *user* can traverse every directory down to *path* (read-only check)."""
+    for part in [path, *path.parents]:
+        st = part.stat()
+        if st.st_uid == user.pw_uid:
+            continue
+        bit = 0o010 if st.st_gid == user.pw_gid else 0o001
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _bindir_for(user: pwd.struct_passwd | None, bindir: Path) -> Path:
+    """*bindir*, or a world-readable copy of its install if the server user cannot reach it.
+
+    A virtual environment under a private home directory (``/root``) holds pgserver's
+    binaries where the ``postgres`` user may not go.
+    """
+    if user is None or _reachable_by(user, bindir):
+        return bindir
+    # Keep the layout the binaries' RPATH expects: pgserver's point from
+    # pgserver/pginstall/bin to ../../../pgserver.libs.
+    install = bindir.parent
+    package = install.parent
+    parts = {f"{package.name}/{install.name}": install}
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        parts[libs.name] = libs
+    tag = hashlib.sha256(str(install).encode()).hexdigest()[:12]
+    copy = Path(tempfile.gettempdir()) / f"poolwatch-pginstall-{tag}"
+    new_bindir = copy / package.name / install.name / "bin"
+    if not (new_bindir / "postgres").exists():
+        staging = Path(tempfile.mkdtemp(prefix="poolwatch-pginstall-"))
+        for relative, source in parts.items():
+            shutil.copytree(source, staging / "tree" / relative, symlinks=True)
+        os.chmod(staging, 0o755)
+        for root, dirs, files in os.walk(staging):
+            for name in dirs + files:
+                target = os.path.join(root, name)
+                if not os.path.islink(target):
+                    os.chmod(target, os.stat(target).st_mode | 0o555)
+        (staging / "tree").rename(copy)
+        shutil.rmtree(staging, ignore_errors=True)
+    return new_bindir
 
 
 @dataclass
@@ -188,8 +235,8 @@ class Cluster:
 
 def create_cluster(*, max_connections: int = 40, basedir: Path | None = None) -> Cluster:
     """initdb a new cluster in a temporary directory and start it on a free port."""
-    bindir = find_bindir()
     user = _server_user()
+    bindir = _bindir_for(user, find_bindir())
     base = Path(tempfile.mkdtemp(prefix="poolwatch-pg-", dir=basedir))
     os.chmod(base, 0o700)
     password = "pw-" + secrets.token_hex(12)
