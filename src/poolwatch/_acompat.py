@@ -25,6 +25,11 @@ AWorker: TypeAlias = "asyncio.Task[None]"
 Worker: TypeAlias = threading.Thread
 
 
+def _lock_timeout(seconds: float) -> float:
+    # threading refuses timeouts above TIMEOUT_MAX (about 292 years) with OverflowError.
+    return min(max(0.0, seconds), threading.TIMEOUT_MAX)
+
+
 class AEvent(asyncio.Event):
     async def wait_timeout(self, timeout: float) -> bool:
         try:
@@ -36,7 +41,7 @@ class AEvent(asyncio.Event):
 
 class Event(threading.Event):
     def wait_timeout(self, timeout: float) -> bool:
-        return self.wait(max(0.0, timeout))
+        return self.wait(_lock_timeout(timeout))
 
 
 class AQueue(asyncio.Queue[T]):
@@ -191,4 +196,4 @@ class Waiter:
         return True
 
     def wait(self, timeout: float) -> None:
-        self._signal.acquire(timeout=max(0.0, timeout))
+        self._signal.acquire(timeout=_lock_timeout(timeout))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 
 import psycopg
 import pytest
@@ -186,3 +188,21 @@ def test_public_errors_subclass_operational_error():
         assert issubclass(err, psycopg.OperationalError)
         assert err.__module__ == "poolwatch"
     assert sys.modules["poolwatch"].TooManyRequests.__mro__[1].__name__ == "PoolError"
+
+
+@pytest.mark.db
+def test_huge_timeout_is_accepted(dsn):
+    with ConnectionPool(dsn, min_size=1, max_size=1, timeout=1e12) as pool:
+        held = pool.getconn()
+        with pytest.raises(PoolTimeout):
+            pool.getconn(timeout=0.05)
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(pool.getconn()))  # waits 1e12 s
+        waiter.start()
+        deadline = time.monotonic() + 5
+        while pool.snapshot().waiting != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pool.putconn(held)
+        waiter.join(5)
+        assert got == [held]
+        pool.putconn(held)
