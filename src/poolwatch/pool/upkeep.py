@@ -88,19 +88,24 @@ class PoolUpkeep(Generic[CT], BasePool):
             return "reset_failed"
         if self._reset is not None:
             try:
-                self._reset(conn)
-                status = conn.pgconn.transaction_status
-                if status != IDLE:
-                    raise e.ProgrammingError(
-                        f"connection left in status {TransactionStatus(status).name} by reset"
-                        f" function {self._reset}: discarded"
-                    )
+                self._run_callback("reset", self._reset, conn)
             except CLIENT_EXCEPTIONS as ex:
                 logger.warning("error resetting connection: %s", ex)
                 with self._lock:
                     self._count_error_locked("reset_failed")
                 return "reset_failed"
         return None
+
+    @staticmethod
+    def _run_callback(what: str, callback: ConnectionCB[CT], conn: Any) -> None:
+        """Run a user callback on *conn*; it must leave no transaction open."""
+        callback(conn)
+        status = conn.pgconn.transaction_status
+        if status != IDLE:
+            raise e.ProgrammingError(
+                f"connection left in status {TransactionStatus(status).name} by {what}"
+                f" function {callback}: discarded"
+            )
 
     def _close_connection(self, conn: Any) -> None:
         conn._pool = None
@@ -233,13 +238,7 @@ class PoolUpkeep(Generic[CT], BasePool):
             if not self._server_max_read:
                 self._read_server_budget(conn)
             if self._configure is not None:
-                self._configure(conn)
-                status = conn.pgconn.transaction_status
-                if status != IDLE:
-                    raise e.ProgrammingError(
-                        f"connection left in status {TransactionStatus(status).name} by configure"
-                        f" function {self._configure}: discarded"
-                    )
+                self._run_callback("configure", self._configure, conn)
         except CLIENT_EXCEPTIONS as ex:
             with self._lock:
                 self._connect_failed_locked(monotonic() - t0, ex)

@@ -87,19 +87,24 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
             return "reset_failed"
         if self._reset is not None:
             try:
-                await self._reset(conn)
-                status = conn.pgconn.transaction_status
-                if status != IDLE:
-                    raise e.ProgrammingError(
-                        f"connection left in status {TransactionStatus(status).name} by reset"
-                        f" function {self._reset}: discarded"
-                    )
+                await self._run_callback("reset", self._reset, conn)
             except ACLIENT_EXCEPTIONS as ex:
                 logger.warning("error resetting connection: %s", ex)
                 with self._lock:
                     self._count_error_locked("reset_failed")
                 return "reset_failed"
         return None
+
+    @staticmethod
+    async def _run_callback(what: str, callback: AsyncConnectionCB[ACT], conn: Any) -> None:
+        """Run a user callback on *conn*; it must leave no transaction open."""
+        await callback(conn)
+        status = conn.pgconn.transaction_status
+        if status != IDLE:
+            raise e.ProgrammingError(
+                f"connection left in status {TransactionStatus(status).name} by {what}"
+                f" function {callback}: discarded"
+            )
 
     async def _close_connection(self, conn: Any) -> None:
         conn._pool = None
@@ -232,13 +237,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
             if not self._server_max_read:
                 await self._read_server_budget(conn)
             if self._configure is not None:
-                await self._configure(conn)
-                status = conn.pgconn.transaction_status
-                if status != IDLE:
-                    raise e.ProgrammingError(
-                        f"connection left in status {TransactionStatus(status).name} by configure"
-                        f" function {self._configure}: discarded"
-                    )
+                await self._run_callback("configure", self._configure, conn)
         except ACLIENT_EXCEPTIONS as ex:
             with self._lock:
                 self._connect_failed_locked(monotonic() - t0, ex)
