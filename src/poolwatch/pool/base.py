@@ -15,7 +15,7 @@ from difflib import get_close_matches
 from random import random
 from time import monotonic
 from types import FrameType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from ..errors import PoolClosed, PoolConfigError, PoolTimeout, TooManyRequests
 from ..observe import MultiObserver, PoolAggregates, PoolObserver, PoolSnapshot
@@ -598,6 +598,3 @@ class BasePool:
             text = "".join(stack.format()) if stack else "(stack not captured)\n"
             found.append((now - t, text))
         return found
-
-
-Outcome = Literal["ok", "timeout", "too_many", "closed", "cancelled", "error"]

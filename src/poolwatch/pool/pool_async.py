@@ -404,9 +404,7 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
         with self._lock:
             if stack is not None:
                 self._leak_stacks[conn] = stack
-            self._agg.acquire["ok"].observe(wait)
-            if queued:
-                self._agg.queued_wait_seconds += wait
+            self._record_acquire_locked("ok", wait, queued=queued)
         if self._observer:
             self._observer.on_acquire(wait, "ok", queued=queued)
             self._flush_notifications()
