@@ -193,6 +193,8 @@ class BasePool:
         self._leak_stacks: dict[Any, traceback.StackSummary] = {}
         self._leak_reported: set[int] = set()
         self.server_max_connections: int | None = None
+        #: host, port, dbname, application_name and server version, from the first connection
+        self.server_identity: dict[str, str] | None = None
         self._server_max_read = False
         self._forked_from: int | None = None
         # Observer calls decided under the lock, made by `_flush_notifications` after
@@ -242,6 +244,12 @@ class BasePool:
             f" size={s.size}/{s.max_size}, used={s.used}, idle={s.idle}, waiting={s.waiting}]"
             f" at 0x{id(self):x}>"
         )
+
+    @property
+    def connect_failing(self) -> str | None:
+        """The SQLSTATE class of the last connect attempt if it failed, else None."""
+        error = self._last_connect_error
+        return None if error is None else connect_error_class(error)
 
     # --- reading the state ---
 
@@ -563,6 +571,22 @@ class BasePool:
         self._leak_stacks.clear()
 
     # --- hooks the concrete pools provide ---
+
+    def _note_server_identity(self, conn: Any) -> None:
+        # Read from libpq's own state (no round trip): the values the connection
+        # really used, whatever mix of conninfo, kwargs and environment chose them.
+        try:
+            info = conn.info
+            version = info.server_version
+            self.server_identity = {
+                "host": info.host,
+                "port": str(info.port),
+                "dbname": info.dbname,
+                "application_name": info.parameter_status("application_name") or "",
+                "version": f"{version // 10000}.{version % 10000}",
+            }
+        except Exception as ex:
+            logger.debug("could not read the server identity in %r: %s", self.name, ex)
 
     def _schedule_close(self, conn: Any, *, replace: bool) -> None:
         raise NotImplementedError

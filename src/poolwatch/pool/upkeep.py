@@ -255,6 +255,7 @@ class PoolUpkeep(Generic[CT], BasePool):
         # Read once per pool: the fleet-budget alert compares the sum of max_size
         # across instances with what the server allows ordinary users.
         self._server_max_read = True
+        self._note_server_identity(conn)
         try:
             cur = conn.execute(_SERVER_BUDGET_SQL)
             row = cur.fetchone()

@@ -1,0 +1,212 @@
+"""The FastAPI exporter: /metrics, /healthz, /readyz and /pools.
+
+`create_router` gives the endpoints to mount into an existing app
+(``app.include_router(router, prefix="/ops")``); `create_app` wraps them in an app
+of their own, to run beside the application or to mount as a sub-app.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hmac
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import exposition as prom_exposition
+from prometheus_client.openmetrics import exposition as om_exposition
+from prometheus_client.registry import REGISTRY, CollectorRegistry
+
+from ..metrics import prometheus as prom
+from ..metrics.exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    PROMETHEUS_CONTENT_TYPE,
+    finish,
+    render,
+)
+from ..metrics.multiprocess import read_directory
+from ..metrics.state import PoolState, Watchable
+from ..metrics.views import pool_view
+
+#: Responses smaller than this are sent as they are: gzip would not pay for itself.
+GZIP_MIN_BYTES = 1024
+#: /readyz fails while a request has waited this long for a connection (seconds).
+DEFAULT_READY_MAX_WAIT = 1.0
+
+
+class Exporter:
+    """What the endpoints read: the pools of this process and, optionally, a directory."""
+
+    def __init__(
+        self,
+        pools: Iterable[Watchable] = (),
+        *,
+        registry: CollectorRegistry | None = None,
+        include_registry: bool = True,
+        multiproc_dir: str | None = None,
+        ready_max_wait: float = DEFAULT_READY_MAX_WAIT,
+    ) -> None:
+        self.registry = REGISTRY if registry is None else registry
+        self.collector = prom.collector_for(self.registry)
+        for pool in pools:
+            prom.register(pool, self.registry)
+        self.include_registry = include_registry
+        self.multiproc_dir = multiproc_dir
+        self.ready_max_wait = ready_max_wait
+
+    def states(self) -> list[PoolState]:
+        if self.multiproc_dir is not None:
+            return read_directory(self.multiproc_dir)
+        return self.collector.states()
+
+    def metrics_text(self, openmetrics: bool) -> str:
+        text = render(self.states(), openmetrics=openmetrics)
+        if self.include_registry:
+            # Everything else the registry holds (process metrics, the app's own);
+            # our collector stays quiet meanwhile, its families are already in `text`.
+            prom._suppressed.active = True
+            try:
+                if openmetrics:
+                    rest = om_exposition.generate_latest(self.registry).decode()  # type: ignore[no-untyped-call]
+                    rest = rest.removesuffix("# EOF\n")
+                else:
+                    rest = prom_exposition.generate_latest(self.registry).decode()
+            finally:
+                prom._suppressed.active = False
+            text += rest
+        return finish(text, openmetrics=openmetrics)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether every local pool can hand out a connection, and why not."""
+        pools: dict[str, Any] = {}
+        ready = True
+        for pool in self.collector.pools():
+            reason = self._not_ready_reason(pool)
+            pools[pool.name] = {"ready": reason is None, "reason": reason}
+            ready = ready and reason is None
+        return ready, {"status": "ready" if ready else "unavailable", "pools": pools}
+
+    def _not_ready_reason(self, pool: Watchable) -> str | None:
+        snap = pool.snapshot()
+        if snap.closed:
+            return "closed"
+        failing = getattr(pool, "connect_failing", None)
+        if snap.idle + snap.used == 0 and failing is not None:
+            return f"cannot connect to the server (SQLSTATE class {failing})"
+        if snap.waiting and snap.oldest_wait_seconds >= self.ready_max_wait:
+            return (
+                f"exhausted: {snap.waiting} requests waiting, the oldest for"
+                f" {snap.oldest_wait_seconds:.1f}s, all {snap.max_size} connections in use"
+            )
+        return None
+
+
+def _wants_openmetrics(request: Request) -> bool:
+    return "application/openmetrics-text" in request.headers.get("accept", "")
+
+
+def _bearer_check(token: str | None) -> Callable[[Request], None]:
+    def check(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+            raise HTTPException(
+                status_code=401,
+                detail="a valid bearer token is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return check
+
+
+def create_router(
+    pools: Sequence[Watchable] = (),
+    *,
+    token: str | None = None,
+    registry: CollectorRegistry | None = None,
+    include_registry: bool = True,
+    multiproc_dir: str | None = None,
+    ready_max_wait: float = DEFAULT_READY_MAX_WAIT,
+) -> APIRouter:
+    """The exporter's endpoints, for ``app.include_router(...)``.
+
+    *pools* are registered with *registry* (prometheus_client's default registry
+    unless given); pools registered there by `poolwatch.metrics.register` show too.
+    *token*, if set, is required as ``Authorization: Bearer <token>`` on /metrics
+    and /pools; /healthz and /readyz stay open for orchestrators' probes.
+    *multiproc_dir* serves the states that worker processes write there instead
+    of this process's pools.
+    """
+    exporter = Exporter(
+        pools,
+        registry=registry,
+        include_registry=include_registry,
+        multiproc_dir=multiproc_dir,
+        ready_max_wait=ready_max_wait,
+    )
+    guarded = [Depends(_bearer_check(token))]
+    router = APIRouter()
+
+    @router.get("/metrics", dependencies=guarded, response_class=Response)
+    def metrics(request: Request) -> Response:
+        openmetrics = _wants_openmetrics(request)
+        body = exporter.metrics_text(openmetrics).encode()
+        headers = {"Cache-Control": "no-store"}
+        if "gzip" in request.headers.get("accept-encoding", "") and len(body) >= GZIP_MIN_BYTES:
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        headers["Vary"] = "Accept, Accept-Encoding"
+        media = OPENMETRICS_CONTENT_TYPE if openmetrics else PROMETHEUS_CONTENT_TYPE
+        return Response(body, media_type=media, headers=headers)
+
+    @router.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    def readyz() -> JSONResponse:
+        ready, body = exporter.readiness()
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @router.get("/pools", dependencies=guarded)
+    def pools_view() -> JSONResponse:
+        views = [pool_view(s) for s in exporter.states()]
+        return JSONResponse({"pools": views}, headers={"Cache-Control": "no-store"})
+
+    return router
+
+
+def create_app(
+    pools: Sequence[Watchable] = (),
+    *,
+    token: str | None = None,
+    registry: CollectorRegistry | None = None,
+    include_registry: bool = True,
+    multiproc_dir: str | None = None,
+    ready_max_wait: float = DEFAULT_READY_MAX_WAIT,
+    **fastapi_options: Any,
+) -> FastAPI:
+    """A FastAPI app serving the exporter's endpoints (see `create_router`).
+
+    Run it with uvicorn, or mount it: ``app.mount("/ops", create_app([pool]))``.
+    Extra keyword arguments go to `FastAPI` (``lifespan=`` for instance).
+    """
+    fastapi_options.setdefault("title", "poolwatch exporter")
+    fastapi_options.setdefault("docs_url", None)
+    fastapi_options.setdefault("redoc_url", None)
+    fastapi_options.setdefault("openapi_url", None)
+    app = FastAPI(**fastapi_options)
+    app.include_router(
+        create_router(
+            pools,
+            token=token,
+            registry=registry,
+            include_registry=include_registry,
+            multiproc_dir=multiproc_dir,
+            ready_max_wait=ready_max_wait,
+        )
+    )
+    return app

@@ -1,0 +1,322 @@
+"""OpenTelemetry: the semantic-convention ``db.client.connection.*`` metrics and ``poolwatch.*``.
+
+Nothing is recorded per checkout (an SDK ``record()`` costs about 7 µs). Values are
+read from the pools' own aggregates when the SDK collects:
+
+- gauges and counters are observable instruments created through the user's
+  MeterProvider, so any SDK set-up and exporter works;
+- histograms have no observable form in the OpenTelemetry API, and the Python SDK
+  has no MetricProducer; the bridge therefore adds ready-made histogram points to
+  each collection of the SDK MeterProvider's readers (wrapping the reader's
+  ``_receive_metrics``). With a MeterProvider other than the SDK's, the
+  histograms are not exported and a warning says so.
+
+Histogram points carry exact counts and sums; their ``min`` and ``max`` are the
+edges of the lowest and highest non-empty buckets (the pool keeps no exact extremes).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace as otel_trace
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from ..observe import PoolObserver
+from .names import BY_KEY, METRICS, OTEL_ATTRIBUTES, OTEL_DERIVED, Metric
+from .state import HistogramValue, PoolState, Watchable, merge_states, state_of
+
+logger = logging.getLogger("poolwatch.metrics.otel")
+
+SCOPE_NAME = "poolwatch"
+#: States read within this many seconds serve every callback of one collection.
+_STATE_REUSE_SECONDS = 0.05
+
+
+def _attributes(metric: Metric, pool: str, values: tuple[str, ...]) -> dict[str, str]:
+    attrs = {OTEL_ATTRIBUTES["pool"]: pool}
+    for name, value in zip(metric.labels, values):
+        if value:  # an empty sqlstate_class is no attribute at all
+            attrs[OTEL_ATTRIBUTES[name]] = value
+    return attrs
+
+
+class OTelBridge:
+    """Publishes registered pools through an OpenTelemetry MeterProvider.
+
+    ::
+
+        from poolwatch.metrics.otel import OTelBridge
+        bridge = OTelBridge([pool], meter_provider=provider)
+    """
+
+    def __init__(
+        self, pools: Iterable[Watchable] = (), *, meter_provider: Any | None = None
+    ) -> None:
+        from .. import __version__
+
+        provider = otel_metrics.get_meter_provider() if meter_provider is None else meter_provider
+        self.meter = provider.get_meter(SCOPE_NAME, __version__)
+        self._pools: weakref.WeakSet[Watchable] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list[PoolState]] = (0.0, [])
+        self._started_ns = time.time_ns()
+        self._delta_last: dict[
+            tuple[int, str, tuple[str, ...], str], tuple[HistogramValue, int]
+        ] = {}
+        for pool in pools:
+            self.add(pool)
+        self._create_instruments()
+        self._hook_readers(provider)
+
+    def add(self, pool: Watchable) -> None:
+        with self._lock:
+            self._pools.add(pool)
+
+    def remove(self, pool: Watchable) -> None:
+        with self._lock:
+            self._pools.discard(pool)
+
+    def states(self) -> list[PoolState]:
+        now = time.monotonic()
+        with self._lock:
+            at, states = self._cached
+            if now - at > _STATE_REUSE_SECONDS:
+                states = merge_states(state_of(p) for p in list(self._pools) if not p.closed)
+                self._cached = (now, states)
+            return states
+
+    # --- observable instruments ---
+
+    def _create_instruments(self) -> None:
+        for metric in METRICS:
+            if metric.otel is None or metric.type == "histogram":
+                continue
+            self._observable(metric.otel, metric, self._scalar_callback(metric))
+        for name, key in OTEL_DERIVED.items():
+            source = BY_KEY[key]
+            if source.type == "histogram":  # timeouts: the acquire histogram's timeout outcome
+                self._observable_counter(name, source, self._timeouts_callback())
+            else:
+                self._observable(name, source, self._scalar_callback(source))
+
+    def _observable(self, name: str, metric: Metric, callback: Callable[..., Any]) -> None:
+        m = self.meter
+        if metric.type == "counter":
+            self._observable_counter(name, metric, callback)
+        elif name.startswith("db.client.connection."):
+            # The semantic conventions make these UpDownCounters.
+            m.create_observable_up_down_counter(
+                name, [callback], unit=metric.otel_unit, description=metric.help
+            )
+        else:
+            m.create_observable_gauge(
+                name, [callback], unit=metric.otel_unit, description=metric.help
+            )
+
+    def _observable_counter(self, name: str, metric: Metric, callback: Callable[..., Any]) -> None:
+        unit = "{timeout}" if name.endswith(".timeouts") else metric.otel_unit
+        self.meter.create_observable_counter(name, [callback], unit=unit, description=metric.help)
+
+    def _scalar_callback(self, metric: Metric) -> Callable[[CallbackOptions], list[Observation]]:
+        def callback(options: CallbackOptions) -> list[Observation]:
+            return [
+                Observation(value, _attributes(metric, st.pool, values))
+                for st in self.states()
+                for (key, values), value in st.scalars.items()
+                if key == metric.key
+            ]
+
+        return callback
+
+    def _timeouts_callback(self) -> Callable[[CallbackOptions], list[Observation]]:
+        def callback(options: CallbackOptions) -> list[Observation]:
+            out = []
+            for st in self.states():
+                hist = st.histograms.get(("acquire", ("timeout",)))
+                count = hist.cumulative()[-1] if hist else 0
+                out.append(Observation(count, {OTEL_ATTRIBUTES["pool"]: st.pool}))
+            return out
+
+        return callback
+
+    # --- histograms, added to each SDK collection ---
+
+    def _hook_readers(self, provider: Any) -> None:
+        readers = getattr(getattr(provider, "_sdk_config", None), "metric_readers", None)
+        if readers is None:
+            logger.warning(
+                "%s is not the OpenTelemetry SDK's MeterProvider: poolwatch exports gauges"
+                " and counters through it, but no histograms",
+                type(provider).__name__,
+            )
+            return
+        for reader in readers:
+            self._hook(reader)
+
+    def _hook(self, reader: Any) -> None:
+        receive = reader._receive_metrics
+        bridge = weakref.ref(self)
+
+        def receive_with_histograms(metrics_data: Any, *args: Any, **kwargs: Any) -> Any:
+            me = bridge()
+            if me is not None:
+                try:
+                    metrics_data = me._with_histograms(reader, metrics_data)
+                except Exception:
+                    logger.exception("could not add poolwatch histograms to a collection")
+            return receive(metrics_data, *args, **kwargs)
+
+        reader._receive_metrics = receive_with_histograms
+
+    def _with_histograms(self, reader: Any, data: Any) -> Any:
+        from opentelemetry.sdk.metrics import Histogram as SdkHistogram
+        from opentelemetry.sdk.metrics.export import (
+            AggregationTemporality,
+            MetricsData,
+            ResourceMetrics,
+            ScopeMetrics,
+        )
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        temporality = getattr(reader, "_instrument_class_temporality", {}).get(
+            SdkHistogram, AggregationTemporality.CUMULATIVE
+        )
+        ours = self.histogram_metrics(id(reader), temporality)
+        if not ours or not data.resource_metrics:
+            return data
+        first, *rest = data.resource_metrics
+        scopes = list(first.scope_metrics)
+        for i, scope in enumerate(scopes):
+            if scope.scope.name == SCOPE_NAME:
+                scopes[i] = ScopeMetrics(scope.scope, [*scope.metrics, *ours], scope.schema_url)
+                break
+        else:
+            from .. import __version__
+
+            scopes.append(ScopeMetrics(InstrumentationScope(SCOPE_NAME, __version__), ours, ""))
+        return MetricsData([ResourceMetrics(first.resource, scopes, first.schema_url), *rest])
+
+    def histogram_metrics(self, reader_id: int, temporality: Any) -> list[Any]:
+        """SDK `Metric` objects for every histogram of every pool, in *temporality*."""
+        from opentelemetry.sdk.metrics.export import (
+            AggregationTemporality,
+            Histogram,
+            HistogramDataPoint,
+        )
+        from opentelemetry.sdk.metrics.export import Metric as SdkMetric
+
+        delta = temporality == AggregationTemporality.DELTA
+        now = time.time_ns()
+        out = []
+        for metric in METRICS:
+            if metric.type != "histogram" or metric.otel is None:
+                continue
+            points = []
+            for st in self.states():
+                for (key, values), hist in st.histograms.items():
+                    if key != metric.key:
+                        continue
+                    start = self._started_ns
+                    if delta:
+                        hist, start = self._delta(reader_id, st.pool, key, values, hist, now)
+                    points.append(
+                        _point(HistogramDataPoint, metric, st.pool, values, hist, start, now)
+                    )
+            if points:
+                data = Histogram(points, temporality)
+                out.append(SdkMetric(metric.otel, metric.help, metric.otel_unit, data))
+        return out
+
+    def _delta(
+        self,
+        reader_id: int,
+        pool: str,
+        key: str,
+        values: tuple[str, ...],
+        hist: HistogramValue,
+        now: int,
+    ) -> tuple[HistogramValue, int]:
+        slot = (reader_id, pool, values, key)
+        last = self._delta_last.get(slot)
+        self._delta_last[slot] = (HistogramValue(hist.counts.copy(), hist.sum), now)
+        if last is None:
+            return hist, self._started_ns
+        before, at = last
+        counts = [a - b for a, b in zip(hist.counts, before.counts)]
+        return HistogramValue(counts, hist.sum - before.sum), at
+
+
+def _point(
+    cls: Any,
+    metric: Metric,
+    pool: str,
+    values: tuple[str, ...],
+    hist: HistogramValue,
+    start: int,
+    now: int,
+) -> Any:
+    bounds = metric.buckets
+    nonempty = [i for i, n in enumerate(hist.counts) if n]
+    if nonempty:
+        low, high = nonempty[0], nonempty[-1]
+        lowest = bounds[low - 1] if low > 0 else 0.0
+        highest = bounds[min(high, len(bounds) - 1)]
+    else:
+        lowest = highest = 0.0
+    return cls(
+        attributes=_attributes(metric, pool, values),
+        start_time_unix_nano=start,
+        time_unix_nano=now,
+        count=sum(hist.counts),
+        sum=hist.sum,
+        bucket_counts=list(hist.counts),
+        explicit_bounds=list(bounds),
+        min=lowest,
+        max=highest,
+    )
+
+
+class WaitSpanObserver(PoolObserver):
+    """Records a span for every acquisition that waited longer than *threshold* seconds.
+
+    Pass it as the pool's ``observer=``. The span starts when the request did, ends
+    when it got its connection (or failed), and carries the pool name and outcome.
+    """
+
+    def __init__(
+        self, pool_name: str, *, threshold: float = 0.1, tracer_provider: Any | None = None
+    ) -> None:
+        from .. import __version__
+
+        self.pool_name = pool_name
+        self.threshold = threshold
+        self.tracer = otel_trace.get_tracer(SCOPE_NAME, __version__, tracer_provider)
+
+    def on_acquire(self, wait_seconds: float, outcome: str, queued: bool) -> None:
+        if wait_seconds < self.threshold:
+            return
+        end = time.time_ns()
+        span = self.tracer.start_span(
+            "poolwatch.acquire",
+            start_time=end - int(wait_seconds * 1e9),
+            attributes={
+                OTEL_ATTRIBUTES["pool"]: self.pool_name,
+                OTEL_ATTRIBUTES["outcome"]: outcome,
+                "poolwatch.queued": queued,
+            },
+        )
+        if outcome != "ok":
+            span.set_status(otel_trace.Status(otel_trace.StatusCode.ERROR, outcome))
+        span.end(end_time=end)
+
+
+def instrument(pools: Sequence[Watchable], *, meter_provider: Any | None = None) -> OTelBridge:
+    """Publish *pools* through *meter_provider* (default: the global one)."""
+    return OTelBridge(pools, meter_provider=meter_provider)

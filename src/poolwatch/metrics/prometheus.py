@@ -1,0 +1,148 @@
+"""Prometheus export: a collector that reads registered pools at scrape time.
+
+Registration is explicit: ``poolwatch.metrics.register(pool)``. A pool option
+would make the core import the metrics layer, and would hide which registry the
+pool lands in; one call next to the pool's creation is as short and says so.
+(`poolwatch.exporter.create_app(pools=...)` calls it for you.)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+
+from prometheus_client.metrics_core import Metric as PromMetric
+from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
+
+from .exposition import _BOUNDS, render
+from .multiprocess import MultiprocessLink
+from .names import METRICS, info_sample_name
+from .state import PoolState, Watchable, merge_states, state_of
+
+
+class PoolCollector(Collector):
+    """Yields the contract's families for every open pool registered with it.
+
+    Pools are held weakly: a pool that is garbage-collected, or closed, has no series.
+    In multiprocess mode (`enable_multiprocess`) the families cover every process
+    that writes into the same directory.
+    """
+
+    def __init__(self) -> None:
+        self._pools: weakref.WeakSet[Watchable] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self.multiprocess: MultiprocessLink | None = None
+
+    def add(self, pool: Watchable) -> None:
+        with self._lock:
+            self._pools.add(pool)
+
+    def remove(self, pool: Watchable) -> None:
+        with self._lock:
+            self._pools.discard(pool)
+
+    def pools(self) -> list[Watchable]:
+        """The registered pools, open or not."""
+        with self._lock:
+            return list(self._pools)
+
+    def local_states(self) -> list[PoolState]:
+        return [state_of(p) for p in self.pools() if not p.closed]
+
+    def states(self) -> list[PoolState]:
+        """Merged states to export: this process's, or every process's in multiprocess mode."""
+        if self.multiprocess is not None:
+            return self.multiprocess.read_all()
+        return merge_states(self.local_states())
+
+    def render(self, *, openmetrics: bool = False) -> str:
+        return render(self.states(), openmetrics=openmetrics)
+
+    def collect(self) -> Iterator[PromMetric]:
+        if _suppressed.active:
+            return
+        yield from families(self.states())
+
+    def describe(self) -> list[PromMetric]:
+        # Describing would read the pools; an empty answer skips registration checks.
+        return []
+
+
+class _Suppress(threading.local):
+    active = False
+
+
+# Set while the exporter renders pools itself and asks a registry for everything else.
+_suppressed = _Suppress()
+
+
+def families(states: list[PoolState]) -> Iterator[PromMetric]:
+    """prometheus_client families equal to what `render` writes (slower, for foreign exporters)."""
+    for metric in METRICS:
+        family = PromMetric(metric.prom, metric.help, metric.type, metric.unit)
+        names = tuple(metric.labels)
+        for st in states:
+            if metric.type == "info":
+                if st.live:
+                    labels = {"pool": st.pool, **{n: st.info.get(n, "") for n in names}}
+                    family.add_sample(info_sample_name(metric), labels, 1)
+            elif metric.type == "histogram":
+                for (key, values), hist in st.histograms.items():
+                    if key != metric.key:
+                        continue
+                    labels = {"pool": st.pool, **dict(zip(names, values))}
+                    cumulative = hist.cumulative()
+                    for le, n in zip(_BOUNDS[metric.key], cumulative):
+                        family.add_sample(metric.prom + "_bucket", {**labels, "le": le}, n)
+                    family.add_sample(metric.prom + "_count", labels, cumulative[-1])
+                    family.add_sample(metric.prom + "_sum", labels, hist.sum)
+            else:
+                for (key, values), value in st.scalars.items():
+                    if key == metric.key:
+                        labels = {"pool": st.pool, **dict(zip(names, values))}
+                        family.add_sample(metric.sample_name, labels, value)
+        if family.samples:
+            yield family
+
+
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, PoolCollector] = (
+    weakref.WeakKeyDictionary()
+)
+_collectors_lock = threading.Lock()
+
+
+def collector_for(registry: CollectorRegistry | None = None) -> PoolCollector:
+    """The one PoolCollector of *registry* (default: prometheus_client's REGISTRY)."""
+    registry = REGISTRY if registry is None else registry
+    with _collectors_lock:
+        collector = _collectors.get(registry)
+        if collector is None:
+            collector = _collectors[registry] = PoolCollector()
+            registry.register(collector)
+            directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            if directory:
+                collector.multiprocess = MultiprocessLink(directory, collector)
+        return collector
+
+
+def register(pool: Watchable, registry: CollectorRegistry | None = None) -> PoolCollector:
+    """Export *pool*'s metrics through *registry* (default: prometheus_client's REGISTRY).
+
+    Idempotent. The series appear once the pool is open and vanish when it closes.
+    With ``PROMETHEUS_MULTIPROC_DIR`` set, the pool's state is also written there for
+    the other worker processes' scrapes.
+    """
+    if not (hasattr(pool, "snapshot") and hasattr(pool, "aggregates")):
+        raise TypeError(f"register() needs a poolwatch pool, got {type(pool).__name__}")
+    collector = collector_for(registry)
+    collector.add(pool)
+    if collector.multiprocess is not None:
+        collector.multiprocess.start()
+    return collector
+
+
+def unregister(pool: Watchable, registry: CollectorRegistry | None = None) -> None:
+    """Stop exporting *pool* (closing it has the same effect)."""
+    collector_for(registry).remove(pool)

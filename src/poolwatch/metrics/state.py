@@ -1,0 +1,190 @@
+"""A pool's metric values as plain data, and how several of them merge into one.
+
+`PoolState` is what every exporter renders. It is built from a live pool
+(`state_of`), or read back from the JSON a worker process wrote (multiprocess
+mode); `merge_states` combines states that share a pool name, whether they come
+from several processes or from two pools given the same name in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from psycopg.conninfo import conninfo_to_dict
+
+from ..observe import CONNECT_OUTCOMES, ERROR_KINDS, SQLSTATE_CLASSES, PoolAggregates, PoolSnapshot
+from .names import BY_KEY, INFO_LABELS
+
+#: (metric key, extra label values) -> value
+ScalarKey = tuple[str, tuple[str, ...]]
+
+
+class Watchable(Protocol):
+    """What the exporters need from a pool (every poolwatch pool has it)."""
+
+    name: str
+    server_identity: dict[str, str] | None
+
+    @property
+    def closed(self) -> bool: ...
+
+    def snapshot(self) -> PoolSnapshot: ...
+
+    def aggregates(self) -> PoolAggregates: ...
+
+
+@dataclass
+class HistogramValue:
+    """Per-bucket counts (not cumulative; the last is +Inf) and the sum."""
+
+    counts: list[int]
+    sum: float
+
+    def cumulative(self) -> list[int]:
+        out, running = [], 0
+        for n in self.counts:
+            running += n
+            out.append(running)
+        return out
+
+
+@dataclass
+class PoolState:
+    pool: str
+    info: dict[str, str]
+    scalars: dict[ScalarKey, float] = field(default_factory=dict)
+    histograms: dict[ScalarKey, HistogramValue] = field(default_factory=dict)
+    #: False for a state read from a process that has exited: only counters count then
+    live: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "info": self.info,
+            "scalars": [[k, list(lv), v] for (k, lv), v in self.scalars.items()],
+            "histograms": [
+                [k, list(lv), h.counts, h.sum] for (k, lv), h in self.histograms.items()
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, live: bool = True) -> PoolState:
+        state = cls(pool=str(data["pool"]), info={k: str(v) for k, v in data["info"].items()})
+        for key, labels, value in data["scalars"]:
+            if key in BY_KEY:
+                state.scalars[(key, tuple(labels))] = float(value)
+        for key, labels, counts, total in data["histograms"]:
+            metric = BY_KEY.get(key)
+            if metric is not None and len(counts) == len(metric.buckets) + 1:
+                state.histograms[(key, tuple(labels))] = HistogramValue(
+                    [int(n) for n in counts], float(total)
+                )
+        state.live = live
+        return state
+
+
+# Label sets shown even before anything was observed, so that increase() and
+# rate() see the first event (a series that appears at 1 shows no increase).
+_ALWAYS_ACQUIRE = ("ok", "timeout")
+_ERROR_SERIES = [(k, "") for k in ERROR_KINDS if k != "connect"] + [
+    ("connect", c) for c in SQLSTATE_CLASSES if c
+]
+
+
+def identity_of(pool: Watchable) -> dict[str, str]:
+    """The pool_info labels: from the first connection, else from the conninfo string."""
+    if pool.server_identity:
+        return dict(pool.server_identity)
+    info = dict.fromkeys(INFO_LABELS, "")
+    conninfo = getattr(pool, "conninfo", None)
+    if isinstance(conninfo, str):
+        try:
+            params = conninfo_to_dict(conninfo)
+        except Exception:
+            params = {}
+        for name in ("host", "port", "dbname", "application_name"):
+            value = params.get(name)
+            if value is not None:
+                info[name] = str(value)
+    return info
+
+
+def state_of(pool: Watchable) -> PoolState:
+    """Read a live pool: one snapshot and one copy of its aggregates."""
+    snap = pool.snapshot()
+    agg = pool.aggregates()
+    state = PoolState(pool=pool.name, info=identity_of(pool))
+    s = state.scalars
+    s[("connections", ("idle",))] = snap.idle
+    s[("connections", ("used",))] = snap.used
+    s[("connections", ("opening",))] = snap.opening
+    s[("connections_max", ())] = snap.max_size
+    s[("connections_min", ())] = snap.min_size
+    s[("pending_requests", ())] = snap.waiting
+    s[("saturation", ())] = snap.saturation
+    s[("used_seconds", ())] = snap.used_seconds_total
+    s[("waits", ())] = agg.waits
+    s[("leaked", ())] = snap.leaked
+    s[("oldest_checkout", ())] = snap.oldest_checkout_seconds
+    s[("oldest_wait", ())] = snap.oldest_wait_seconds
+    if snap.server_max_connections is not None:
+        s[("server_max_connections", ())] = snap.server_max_connections
+    for kind_class in _ERROR_SERIES:
+        s[("errors", kind_class)] = 0
+    for kind_class, n in agg.errors.items():
+        s[("errors", kind_class)] = n
+
+    h = state.histograms
+    for outcome, hist in agg.acquire.items():
+        if outcome in _ALWAYS_ACQUIRE or hist.count:
+            h[("acquire", (outcome,))] = HistogramValue(hist.counts.copy(), hist.sum)
+    h[("use", ())] = HistogramValue(agg.use.counts.copy(), agg.use.sum)
+    for outcome in CONNECT_OUTCOMES:
+        hist = agg.connect[outcome]
+        h[("connect", (outcome,))] = HistogramValue(hist.counts.copy(), hist.sum)
+    for reason, hist in agg.lifetime.items():
+        if hist.count:
+            h[("lifetime", (reason,))] = HistogramValue(hist.counts.copy(), hist.sum)
+    return state
+
+
+def merge_states(states: Iterable[PoolState]) -> list[PoolState]:
+    """One state per pool name; counters and histograms add up, gauges follow `Metric.merge`.
+
+    Gauges of exited processes are dropped: their connections are gone. The
+    saturation ratio is recomputed from the merged used and max connections.
+    """
+    merged: dict[str, PoolState] = {}
+    for state in states:
+        into = merged.get(state.pool)
+        if into is None:
+            into = merged[state.pool] = PoolState(pool=state.pool, info=dict(state.info))
+            into.live = state.live
+        elif not any(into.info.values()):
+            into.info = dict(state.info)
+        into.live = into.live or state.live
+        for key, value in state.scalars.items():
+            metric = BY_KEY[key[0]]
+            if metric.type == "gauge" and not state.live:
+                continue
+            if key not in into.scalars:
+                into.scalars[key] = value
+            elif metric.merge == "max":
+                into.scalars[key] = max(into.scalars[key], value)
+            else:
+                into.scalars[key] += value
+        for key, hist in state.histograms.items():
+            have = into.histograms.get(key)
+            if have is None:
+                into.histograms[key] = HistogramValue(hist.counts.copy(), hist.sum)
+            else:
+                have.counts = [a + b for a, b in zip(have.counts, hist.counts)]
+                have.sum += hist.sum
+    for state in merged.values():
+        used = state.scalars.get(("connections", ("used",)))
+        most = state.scalars.get(("connections_max", ()))
+        if used is not None and most is not None:
+            state.scalars[("saturation", ())] = used / most if most else 0.0
+    return list(merged.values())

@@ -1,0 +1,97 @@
+"""JSON views of pool states, for `/pools` and the status page.
+
+Built from `PoolState`, so they read the same in single-process and multiprocess
+mode, and can hold nothing the metrics do not: no conninfo, so no secret.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .names import BY_KEY
+from .state import HistogramValue, PoolState
+
+
+def quantile(q: float, hist: HistogramValue, bounds: tuple[float, ...]) -> float | None:
+    """Estimate the *q* quantile as PromQL's histogram_quantile does (linear in a bucket).
+
+    None when the histogram is empty. Values in the +Inf bucket report the last bound.
+    """
+    cumulative = hist.cumulative()
+    total = cumulative[-1]
+    if total == 0:
+        return None
+    rank = q * total
+    lower_count, lower_bound = 0, 0.0
+    for bound, count in zip(bounds, cumulative):
+        if count >= rank:
+            in_bucket = count - lower_count
+            if in_bucket == 0:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / in_bucket
+        lower_count, lower_bound = count, bound
+    return bounds[-1]
+
+
+def _sum_histograms(hists: list[HistogramValue]) -> HistogramValue | None:
+    if not hists:
+        return None
+    counts = [sum(col) for col in zip(*(h.counts for h in hists))]
+    return HistogramValue(counts, sum(h.sum for h in hists))
+
+
+def _quantiles(hist: HistogramValue | None, key: str) -> dict[str, float | None]:
+    bounds = BY_KEY[key].buckets
+    if hist is None:
+        return {"count": 0, "p50": None, "p95": None, "p99": None}
+    return {
+        "count": hist.cumulative()[-1],
+        "p50": quantile(0.50, hist, bounds),
+        "p95": quantile(0.95, hist, bounds),
+        "p99": quantile(0.99, hist, bounds),
+    }
+
+
+def pool_view(state: PoolState) -> dict[str, Any]:
+    """One pool, as `/pools` shows it. Times in seconds, ratios in 0..1."""
+    s = state.scalars
+
+    def scalar(key: str, *labels: str) -> float | None:
+        return s.get((key, labels))
+
+    errors: dict[str, int] = {}
+    for (key, labels), value in s.items():
+        if key == "errors" and value:
+            errors[labels[0]] = errors.get(labels[0], 0) + int(value)
+    acquire_ok = state.histograms.get(("acquire", ("ok",)))
+    acquire_all = _sum_histograms([h for (k, _), h in state.histograms.items() if k == "acquire"])
+    closes: dict[str, int] = {
+        labels[0]: h.cumulative()[-1]
+        for (key, labels), h in state.histograms.items()
+        if key == "lifetime"
+    }
+    return {
+        "name": state.pool,
+        "live": state.live,
+        "server": state.info,
+        "connections": {
+            "idle": scalar("connections", "idle"),
+            "used": scalar("connections", "used"),
+            "opening": scalar("connections", "opening"),
+            "max": scalar("connections_max"),
+            "min": scalar("connections_min"),
+        },
+        "saturation": scalar("saturation"),
+        "waiting": scalar("pending_requests"),
+        "used_connection_seconds_total": scalar("used_seconds"),
+        "waits_total": scalar("waits"),
+        "acquire_seconds": _quantiles(acquire_ok, "acquire"),
+        "requests_total": acquire_all.cumulative()[-1] if acquire_all else 0,
+        "use_seconds": _quantiles(state.histograms.get(("use", ())), "use"),
+        "errors_total": errors,
+        "closes_total": closes,
+        "leaked": scalar("leaked"),
+        "oldest_checkout_seconds": scalar("oldest_checkout"),
+        "oldest_wait_seconds": scalar("oldest_wait"),
+        "server_max_connections": scalar("server_max_connections"),
+    }
