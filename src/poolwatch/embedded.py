@@ -151,7 +151,10 @@ class Cluster:
         return self.basedir / "server.log"
 
     def dsn(self, **extra: Any) -> str:
-        """A libpq connection string for the superuser, with its password."""
+        """A libpq connection string for the superuser, with its password.
+
+        *extra* overrides or adds parameters; a None value removes one.
+        """
         params: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": self.port,
@@ -160,7 +163,7 @@ class Cluster:
             "dbname": "postgres",
         }
         params.update(extra)
-        return " ".join(f"{k}={v}" for k, v in params.items())
+        return " ".join(f"{k}={v}" for k, v in params.items() if v is not None)
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         kwargs: dict[str, Any] = {}

@@ -80,10 +80,10 @@ def connection_dependency(pool: AnyPool, *, timeout: float | None = None) -> Cal
 class ExporterThread:
     """A uvicorn server for the exporter app on a daemon thread (see `start_exporter`)."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int, *, lifespan: str = "off") -> None:
         import uvicorn
 
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan=lifespan)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, name="poolwatch-exporter", daemon=True
