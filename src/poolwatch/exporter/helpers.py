@@ -7,7 +7,7 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from ..metrics.prometheus import register, unregister
 from ..pool import AsyncConnectionPool, AsyncNullConnectionPool, ConnectionPool
@@ -80,7 +80,9 @@ def connection_dependency(pool: AnyPool, *, timeout: float | None = None) -> Cal
 class ExporterThread:
     """A uvicorn server for the exporter app on a daemon thread (see `start_exporter`)."""
 
-    def __init__(self, app: Any, host: str, port: int, *, lifespan: str = "off") -> None:
+    def __init__(
+        self, app: Any, host: str, port: int, *, lifespan: Literal["on", "off"] = "off"
+    ) -> None:
         import uvicorn
 
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan=lifespan)
