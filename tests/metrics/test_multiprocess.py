@@ -1,0 +1,138 @@
+"""Multiprocess mode under a real gunicorn with 2 uvicorn workers: /metrics covers both."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .scrape import Scrape
+
+pytestmark = [pytest.mark.db, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_SIZE = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def gunicorn(dsn, tmp_path):
+    multiproc = tmp_path / "multiproc"
+    multiproc.mkdir()
+    port = free_port()
+    env = {
+        **os.environ,
+        "POOLWATCH_TEST_DSN": dsn,
+        "POOLWATCH_TEST_MAX_SIZE": str(MAX_SIZE),
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+    }
+    log = open(tmp_path / "gunicorn.log", "w+")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "gunicorn", "tests.metrics.mp_app:app",
+            "--workers", "2", "--worker-class", "uvicorn_worker.UvicornWorker",
+            "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5",
+        ],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"gunicorn did not start:\n{log.read()}")
+            time.sleep(0.1)
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def acquisitions(s: Scrape) -> float:
+    return s.value("poolwatch_acquire_seconds_count", pool="mp", outcome="ok")
+
+
+def scrape_each_worker(url: str, want: int = 2, limit: int = 200) -> dict[str, Scrape]:
+    """Scrape until the answers came from *want* different workers (bounded)."""
+    seen: dict[str, Scrape] = {}
+    for _ in range(limit):
+        r = httpx.get(url + "/metrics", headers={"Connection": "close"}, timeout=10)
+        seen[r.headers["x-worker-pid"]] = Scrape(r.text, {})
+        if len(seen) >= want:
+            break
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for s in seen.values():
+        s.families = {f.name: f for f in text_string_to_metric_families(s.text)}
+    return seen
+
+
+def test_metrics_cover_every_worker(gunicorn):
+    url, proc = gunicorn
+    done: dict[str, int] = {}
+    for _ in range(300):  # bounded: stop once both workers served some work
+        r = httpx.get(url + "/work", params={"n": 3}, headers={"Connection": "close"}, timeout=10)
+        body = r.json()
+        done[str(body["pid"])] = done.get(str(body["pid"]), 0) + body["n"]
+        if len(done) == 2 and min(done.values()) >= 9:
+            break
+    assert len(done) == 2, f"only one worker answered: {done}"
+    total = sum(done.values())
+
+    # Each worker publishes its state at least once a second: wait for both to land.
+    deadline = time.monotonic() + 10
+    while True:
+        answers = scrape_each_worker(url)
+        values = {pid: acquisitions(s) for pid, s in answers.items()}
+        if len(answers) == 2 and all(v == total for v in values.values()):
+            break
+        assert time.monotonic() < deadline, f"scrapes {values} never reached {total}"
+        time.sleep(0.3)
+    for s in answers.values():
+        # Gauges add up over the live workers; the info series appears once.
+        assert s.value("poolwatch_connections_max", pool="mp") == 2 * MAX_SIZE
+        assert len(s.samples("poolwatch_pool_info", pool="mp")) == 1
+        assert s.text.count('poolwatch_waits_total{pool="mp"}') == 1
+
+    # A worker dies: gunicorn starts another; the counters never go backwards.
+    victim = int(next(iter(done)))
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while True:
+        answers = scrape_each_worker(url)
+        pids = set(answers) - {str(victim)}
+        ok = len(pids) == 2 and all(
+            acquisitions(answers[p]) >= total
+            and answers[p].value("poolwatch_connections_max", pool="mp") == 2 * MAX_SIZE
+            for p in pids
+        )
+        if ok:
+            break
+        for p in pids:
+            assert acquisitions(answers[p]) >= total, "a counter went backwards"
+        assert time.monotonic() < deadline, "the replacement worker never showed up"
+        time.sleep(0.3)
+    assert proc.poll() is None
