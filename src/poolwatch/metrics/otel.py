@@ -35,7 +35,8 @@ from .state import HistogramValue, PoolState, Watchable, merge_states, state_of
 logger = logging.getLogger("poolwatch.metrics.otel")
 
 SCOPE_NAME = "poolwatch"
-#: States read within this many seconds serve every callback of one collection.
+#: States read within this many seconds serve every callback of one collection (the
+#: histogram hook clears them once a collection is complete).
 _STATE_REUSE_SECONDS = 0.05
 
 
@@ -149,7 +150,10 @@ class OTelBridge:
     # --- histograms, added to each SDK collection ---
 
     def _hook_readers(self, provider: Any) -> None:
-        readers = getattr(getattr(provider, "_sdk_config", None), "metric_readers", None)
+        # Where the SDK keeps its readers moved between releases; both places are tried.
+        readers = getattr(provider, "_metric_readers", None)
+        if readers is None:
+            readers = getattr(getattr(provider, "_sdk_config", None), "metric_readers", None)
         if readers is None:
             logger.warning(
                 "%s is not the OpenTelemetry SDK's MeterProvider: poolwatch exports gauges"
@@ -185,10 +189,14 @@ class OTelBridge:
         )
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-        temporality = getattr(reader, "_instrument_class_temporality", {}).get(
-            SdkHistogram, AggregationTemporality.CUMULATIVE
-        )
+        # The reader keys its preferences by the SDK's internal instrument classes.
+        temporality = AggregationTemporality.CUMULATIVE
+        for cls, chosen in getattr(reader, "_instrument_class_temporality", {}).items():
+            if cls.__name__.lstrip("_") == SdkHistogram.__name__:
+                temporality = chosen
         ours = self.histogram_metrics(id(reader), temporality)
+        with self._lock:  # this collection is done: the next one reads the pools afresh
+            self._cached = (0.0, [])
         if not ours or not data.resource_metrics:
             return data
         first, *rest = data.resource_metrics
