@@ -69,9 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="directory the workers write to (default: $PROMETHEUS_MULTIPROC_DIR)",
     )
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
-    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="port to bind (default: %(default)s)"
     )

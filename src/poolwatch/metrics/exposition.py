@@ -9,9 +9,10 @@ Tests parse both outputs with prometheus_client's own parsers to prove them vali
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from functools import lru_cache
+from itertools import accumulate
 
-from .names import METRICS, Metric, info_sample_name
+from .names import BY_KEY, METRICS, Metric, info_sample_name
 from .state import PoolState
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -28,15 +29,17 @@ def escape_help(text: str) -> str:
 
 def format_value(value: float) -> str:
     """Go-style float formatting, as Prometheus itself writes values."""
+    if type(value) is int:
+        return str(value)
     if value == math.inf:
         return "+Inf"
     if value == -math.inf:
         return "-Inf"
     if value != value:
         return "NaN"
-    if value == int(value) and abs(value) < 1e15:
+    if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
-    return repr(float(value))
+    return repr(value)
 
 
 def _bucket_bounds(metric: Metric) -> list[str]:
@@ -48,10 +51,15 @@ def _bucket_bounds(metric: Metric) -> list[str]:
 _BOUNDS = {m.key: _bucket_bounds(m) for m in METRICS if m.type == "histogram"}
 
 
-def _labels(pool: str, names: Iterable[str], values: Iterable[str]) -> str:
-    parts = [f'pool="{escape_label(pool)}"']
-    parts += [f'{n}="{escape_label(v)}"' for n, v in zip(names, values)]
-    return ",".join(parts)
+@lru_cache(maxsize=4096)
+def _pair(name: str, value: str) -> str:
+    return f'{name}="{escape_label(value)}"'
+
+
+@lru_cache(maxsize=4096)
+def _label_text(key: str, values: tuple[str, ...]) -> str:
+    """The labels after ``pool``: ``,state="idle"`` (empty for none)."""
+    return "".join("," + _pair(n, v) for n, v in zip(_NAMES[key], values))
 
 
 def render(states: list[PoolState], *, openmetrics: bool = False) -> str:
@@ -60,19 +68,39 @@ def render(states: list[PoolState], *, openmetrics: bool = False) -> str:
     OpenMetrics output ends without the ``# EOF`` line, so that a caller can
     append other families first; `finish` adds it.
     """
+    lines: dict[str, list[str]] = {m.key: [] for m in METRICS}
+    for st in states:
+        pool = _pair("pool", st.pool)
+        for (key, values), value in st.scalars.items():
+            labels = _label_text(key, values) if values else ""
+            lines[key].append(f"{_SAMPLE[key]}{{{pool}{labels}}} {format_value(value)}")
+        for (key, values), hist in st.histograms.items():
+            base = BY_KEY[key].prom
+            labels = pool + (_label_text(key, values) if values else "")
+            prefix = f'{base}_bucket{{{labels},le="'
+            cumulative = list(accumulate(hist.counts))
+            family = lines[key]
+            family.extend([f'{prefix}{le}"}} {n}' for le, n in zip(_BOUNDS[key], cumulative)])
+            family.append(f"{base}_count{{{labels}}} {cumulative[-1]}")
+            family.append(f"{base}_sum{{{labels}}} {format_value(hist.sum)}")
+        if st.live:
+            info = _INFO
+            values = tuple(st.info.get(n, "") for n in _NAMES[info.key])
+            sample = info_sample_name(info)
+            lines[info.key].append(f"{sample}{{{pool}{_label_text(info.key, values)}}} 1")
+
     out: list[str] = []
-    add = out.append
     for metric in METRICS:
-        lines = _family_lines(metric, states, openmetrics)
-        if not lines:
+        family = lines[metric.key]
+        if not family:
             continue
         kind = "gauge" if metric.type == "info" and not openmetrics else metric.type
         name = metric.prom if openmetrics else _text_family_name(metric)
-        add(f"# HELP {name} {escape_help(metric.help)}")
-        add(f"# TYPE {name} {kind}")
+        out.append(f"# HELP {name} {escape_help(metric.help)}")
+        out.append(f"# TYPE {name} {kind}")
         if openmetrics and metric.unit:
-            add(f"# UNIT {name} {metric.unit}")
-        out.extend(lines)
+            out.append(f"# UNIT {name} {metric.unit}")
+        out.extend(family)
     return "\n".join(out) + "\n" if out else ""
 
 
@@ -89,33 +117,6 @@ def _text_family_name(metric: Metric) -> str:
     return metric.prom
 
 
-def _family_lines(metric: Metric, states: list[PoolState], openmetrics: bool) -> list[str]:
-    lines: list[str] = []
-    add = lines.append
-    names = tuple(metric.labels)
-    if metric.type == "info":
-        sample = info_sample_name(metric)
-        for st in states:
-            if st.live:
-                add(f"{sample}{{{_labels(st.pool, names, (st.info.get(n, '') for n in names))}}} 1")
-        return lines
-    if metric.type == "histogram":
-        bounds = _BOUNDS[metric.key]
-        base = metric.prom
-        for st in states:
-            for (key, values), hist in st.histograms.items():
-                if key != metric.key:
-                    continue
-                labels = _labels(st.pool, names, values)
-                cumulative = hist.cumulative()
-                for le, n in zip(bounds, cumulative):
-                    add(f'{base}_bucket{{{labels},le="{le}"}} {n}')
-                add(f"{base}_count{{{labels}}} {cumulative[-1]}")
-                add(f"{base}_sum{{{labels}}} {format_value(hist.sum)}")
-        return lines
-    sample = metric.sample_name
-    for st in states:
-        for (key, values), value in st.scalars.items():
-            if key == metric.key:
-                add(f"{sample}{{{_labels(st.pool, names, values)}}} {format_value(value)}")
-    return lines
+_NAMES = {m.key: tuple(m.labels) for m in METRICS}
+_SAMPLE = {m.key: m.sample_name for m in METRICS}
+_INFO = BY_KEY["pool_info"]

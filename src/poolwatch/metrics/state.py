@@ -136,17 +136,18 @@ def state_of(pool: Watchable) -> PoolState:
     for kind_class, n in agg.errors.items():
         s[("errors", kind_class)] = n
 
+    # `aggregates()` returned a private copy: its count lists can be taken as they are.
     h = state.histograms
     for outcome, hist in agg.acquire.items():
         if outcome in _ALWAYS_ACQUIRE or hist.count:
-            h[("acquire", (outcome,))] = HistogramValue(hist.counts.copy(), hist.sum)
-    h[("use", ())] = HistogramValue(agg.use.counts.copy(), agg.use.sum)
+            h[("acquire", (outcome,))] = HistogramValue(hist.counts, hist.sum)
+    h[("use", ())] = HistogramValue(agg.use.counts, agg.use.sum)
     for outcome in CONNECT_OUTCOMES:
         hist = agg.connect[outcome]
-        h[("connect", (outcome,))] = HistogramValue(hist.counts.copy(), hist.sum)
+        h[("connect", (outcome,))] = HistogramValue(hist.counts, hist.sum)
     for reason, hist in agg.lifetime.items():
         if hist.count:
-            h[("lifetime", (reason,))] = HistogramValue(hist.counts.copy(), hist.sum)
+            h[("lifetime", (reason,))] = HistogramValue(hist.counts, hist.sum)
     return state
 
 
