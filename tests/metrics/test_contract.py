@@ -187,3 +187,14 @@ def test_connect_errors_carry_their_sqlstate_class(pg):
     failed = s.value("poolwatch_connect_seconds_count", pool="bad-auth", outcome="error")
     assert failed == errors
     assert "not-the-password" not in s.text
+
+
+def test_docs_metrics_md_is_generated_from_the_table():
+    from pathlib import Path
+
+    from poolwatch.metrics.docs import metrics_markdown
+
+    committed = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+    assert committed.read_text() == metrics_markdown(), (
+        "docs/metrics.md is stale: python -m poolwatch.metrics.docs > docs/metrics.md"
+    )

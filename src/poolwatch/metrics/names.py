@@ -234,7 +234,10 @@ METRICS: Final[tuple[Metric, ...]] = (
         prom="poolwatch_pool",
         type="info",
         unit="",
-        help="The pool's identity (always 1), for joins with postgres_exporter.",
+        help=(
+            "Always 1: the server the pool talks to (host, port, dbname, application_name;"
+            " version is the PostgreSQL server version), for joins with postgres_exporter."
+        ),
         otel=None,
         labels={name: () for name in INFO_LABELS},
         merge="first",
