@@ -12,6 +12,7 @@ import logging
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Final, Literal
 
 logger = logging.getLogger("poolwatch.observe")
@@ -108,11 +109,7 @@ class Histogram:
 
     def cumulative(self) -> list[int]:
         """Counts per bucket, cumulative, the last entry being the +Inf bucket."""
-        out, running = [], 0
-        for n in self.counts:
-            running += n
-            out.append(running)
-        return out
+        return list(accumulate(self.counts))
 
     def copy(self) -> Histogram:
         other = Histogram(self.bounds)

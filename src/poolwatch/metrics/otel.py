@@ -30,7 +30,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from ..observe import PoolObserver
 from .names import BY_KEY, METRICS, OTEL_ATTRIBUTES, OTEL_DERIVED, Metric
-from .state import HistogramValue, PoolState, Watchable, merge_states, state_of
+from .state import HistogramValue, PoolSet, PoolState, Watchable
 
 logger = logging.getLogger("poolwatch.metrics.otel")
 
@@ -48,7 +48,7 @@ def _attributes(metric: Metric, pool: str, values: tuple[str, ...]) -> dict[str,
     return attrs
 
 
-class OTelBridge:
+class OTelBridge(PoolSet):
     """Publishes registered pools through an OpenTelemetry MeterProvider.
 
     ::
@@ -63,9 +63,9 @@ class OTelBridge:
         from .. import __version__
 
         provider = otel_metrics.get_meter_provider() if meter_provider is None else meter_provider
+        super().__init__()
         self.meter = provider.get_meter(SCOPE_NAME, __version__)
-        self._pools: weakref.WeakSet[Watchable] = weakref.WeakSet()
-        self._lock = threading.Lock()
+        self._cache_lock = threading.Lock()
         self._cached: tuple[float, list[PoolState]] = (0.0, [])
         self._started_ns = time.time_ns()
         self._delta_last: dict[
@@ -76,20 +76,12 @@ class OTelBridge:
         self._create_instruments()
         self._hook_readers(provider)
 
-    def add(self, pool: Watchable) -> None:
-        with self._lock:
-            self._pools.add(pool)
-
-    def remove(self, pool: Watchable) -> None:
-        with self._lock:
-            self._pools.discard(pool)
-
     def states(self) -> list[PoolState]:
         now = time.monotonic()
-        with self._lock:
+        with self._cache_lock:
             at, states = self._cached
             if now - at > _STATE_REUSE_SECONDS:
-                states = merge_states(state_of(p) for p in list(self._pools) if not p.closed)
+                states = self.open_states()
                 self._cached = (now, states)
             return states
 
@@ -195,7 +187,7 @@ class OTelBridge:
             if cls.__name__.lstrip("_") == SdkHistogram.__name__:
                 temporality = chosen
         ours = self.histogram_metrics(id(reader), temporality)
-        with self._lock:  # this collection is done: the next one reads the pools afresh
+        with self._cache_lock:  # this collection is done: the next one reads the pools afresh
             self._cached = (0.0, [])
         if not ours or not data.resource_metrics:
             return data

@@ -19,10 +19,10 @@ from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 from .exposition import _BOUNDS, render
 from .multiprocess import MultiprocessLink
 from .names import METRICS, info_sample_name
-from .state import PoolState, Watchable, merge_states, state_of
+from .state import PoolSet, PoolState, Watchable
 
 
-class PoolCollector(Collector):
+class PoolCollector(PoolSet, Collector):
     """Yields the contract's families for every open pool registered with it.
 
     Pools are held weakly: a pool that is garbage-collected, or closed, has no series.
@@ -31,31 +31,14 @@ class PoolCollector(Collector):
     """
 
     def __init__(self) -> None:
-        self._pools: weakref.WeakSet[Watchable] = weakref.WeakSet()
-        self._lock = threading.Lock()
+        super().__init__()
         self.multiprocess: MultiprocessLink | None = None
-
-    def add(self, pool: Watchable) -> None:
-        with self._lock:
-            self._pools.add(pool)
-
-    def remove(self, pool: Watchable) -> None:
-        with self._lock:
-            self._pools.discard(pool)
-
-    def pools(self) -> list[Watchable]:
-        """The registered pools, open or not."""
-        with self._lock:
-            return list(self._pools)
-
-    def local_states(self) -> list[PoolState]:
-        return [state_of(p) for p in self.pools() if not p.closed]
 
     def states(self) -> list[PoolState]:
         """Merged states to export: this process's, or every process's in multiprocess mode."""
         if self.multiprocess is not None:
             return self.multiprocess.read_all()
-        return merge_states(self.local_states())
+        return self.open_states()
 
     def render(self, *, openmetrics: bool = False) -> str:
         return render(self.states(), openmetrics=openmetrics)

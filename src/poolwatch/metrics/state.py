@@ -8,8 +8,11 @@ from several processes or from two pools given the same name in one process.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Protocol
 
 from psycopg.conninfo import conninfo_to_dict
@@ -35,6 +38,31 @@ class Watchable(Protocol):
     def aggregates(self) -> PoolAggregates: ...
 
 
+class PoolSet:
+    """Pools held weakly, for an exporter: a pool that is garbage-collected just leaves."""
+
+    def __init__(self) -> None:
+        self._pools: weakref.WeakSet[Watchable] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def add(self, pool: Watchable) -> None:
+        with self._lock:
+            self._pools.add(pool)
+
+    def remove(self, pool: Watchable) -> None:
+        with self._lock:
+            self._pools.discard(pool)
+
+    def pools(self) -> list[Watchable]:
+        """The pools, open or not."""
+        with self._lock:
+            return list(self._pools)
+
+    def open_states(self) -> list[PoolState]:
+        """One state per open pool, merged by name."""
+        return merge_states(state_of(p) for p in self.pools() if not p.closed)
+
+
 @dataclass
 class HistogramValue:
     """Per-bucket counts (not cumulative; the last is +Inf) and the sum."""
@@ -43,11 +71,7 @@ class HistogramValue:
     sum: float
 
     def cumulative(self) -> list[int]:
-        out, running = [], 0
-        for n in self.counts:
-            running += n
-            out.append(running)
-        return out
+        return list(accumulate(self.counts))
 
 
 @dataclass
