@@ -9,6 +9,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
 
+from prometheus_client.registry import CollectorRegistry
+
 from ..metrics.prometheus import register, unregister
 from ..pool import AsyncConnectionPool, AsyncNullConnectionPool, ConnectionPool
 
@@ -16,11 +18,15 @@ AnyPool = AsyncConnectionPool[Any] | ConnectionPool[Any]
 
 
 def pool_lifespan(
-    *pools: AnyPool, wait: bool = True, timeout: float = 30.0
+    *pools: AnyPool,
+    wait: bool = True,
+    timeout: float = 30.0,
+    registry: CollectorRegistry | None = None,
 ) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
     """A FastAPI ``lifespan=`` that opens *pools* at start-up and closes them at shutdown.
 
-    The pools are registered for export while open. With *wait*, start-up blocks
+    The pools are registered for export with *registry* (prometheus_client's default
+    registry unless given; pass the one your exporter serves). With *wait*, start-up blocks
     until each pool has min_size connections (or fails after *timeout* seconds),
     so that a misconfigured DSN stops the app before it takes traffic.
     """
@@ -30,7 +36,7 @@ def pool_lifespan(
         opened: list[AnyPool] = []
         try:
             for pool in pools:
-                register(pool)
+                register(pool, registry)
                 if isinstance(pool, AsyncConnectionPool):
                     await pool.open(wait=wait, timeout=timeout)
                 else:
@@ -43,7 +49,7 @@ def pool_lifespan(
                     await pool.close()
                 else:
                     await asyncio.to_thread(pool.close)
-                unregister(pool)
+                unregister(pool, registry)
 
     return lifespan
 
