@@ -1,4 +1,4 @@
-"""The ``poolwatch`` command: ``poolwatch serve`` (more subcommands join it later)."""
+"""The ``poolwatch`` command: ``serve`` and ``alerts`` (``demo`` joins them later)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,37 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alerts(args: argparse.Namespace) -> int:
+    try:
+        from .alerts.rules import AlertSettings, render_rules
+        from .alerts.settings import apply_overrides
+    except ImportError as ex:
+        print(
+            f"poolwatch alerts needs PyYAML ({ex}): pip install 'poolwatch[tools]'", file=sys.stderr
+        )
+        return 2
+    if args.list:
+        defaults = AlertSettings()
+        for name in AlertSettings.names():
+            print(f"{name} = {getattr(defaults, name)}")
+        return 0
+    try:
+        settings = apply_overrides(AlertSettings(), args.set)
+    except ValueError as ex:
+        print(f"poolwatch alerts: {ex}", file=sys.stderr)
+        return 2
+    text = render_rules(settings)
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "poolwatch.rules.yml")
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"poolwatch: wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poolwatch",
@@ -87,6 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="uvicorn's log level (default: %(default)s)",
     )
     serve.set_defaults(run=_serve)
+
+    alerts = commands.add_parser(
+        "alerts",
+        help="generate the Prometheus recording and alerting rules",
+        description=(
+            "Write poolwatch.rules.yml: recording rules (mean saturation, wait p50/p95/p99,"
+            " error and connect rates, fleet budget) and every alert of the contract, with"
+            " thresholds, windows, for: durations and severities you can change with --set."
+        ),
+    )
+    alerts.add_argument(
+        "--out", default="alerts", metavar="DIR", help="directory to write to, or - for stdout"
+    )
+    alerts.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change a setting, e.g. --set saturation_threshold=0.9 --set window=10m",
+    )
+    alerts.add_argument("--list", action="store_true", help="list the settings and defaults")
+    alerts.set_defaults(run=_alerts)
     return parser
 
 

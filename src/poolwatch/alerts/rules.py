@@ -1,0 +1,309 @@
+"""Prometheus recording and alerting rules, generated from the metric table.
+
+`build_rules(AlertSettings())` returns the rule groups as plain data;
+`render_rules` writes them as YAML. The committed ``alerts/poolwatch.rules.yml``
+is the default output (a test fails on drift); ``poolwatch alerts`` regenerates it
+with other thresholds, windows, ``for:`` durations or severities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..metrics.names import BY_KEY
+
+# Series names, from the table: a renamed metric breaks the generator, not production.
+USED_SECONDS = BY_KEY["used_seconds"].sample_name
+CONNECTIONS_MAX = BY_KEY["connections_max"].prom
+CONNECTIONS = BY_KEY["connections"].prom
+WAITS = BY_KEY["waits"].sample_name
+ERRORS = BY_KEY["errors"].sample_name
+ACQUIRE = BY_KEY["acquire"].prom
+CONNECT = BY_KEY["connect"].prom
+LIFETIME = BY_KEY["lifetime"].prom
+LEAKED = BY_KEY["leaked"].prom
+SERVER_MAX = BY_KEY["server_max_connections"].prom
+POOL_INFO = BY_KEY["pool_info"].prom + "_info"
+
+#: Labels that identify one pool in one process: the pool name and the scrape target.
+BY_POOL = "job, instance, pool"
+
+#: Recording rule names (the window is a setting; the names do not carry it).
+SATURATION = "poolwatch:saturation:mean_ratio"
+WAIT_QUANTILE = "poolwatch:acquire_seconds:p{q}"
+ERROR_RATE = "poolwatch:errors:rate"
+CONNECT_RATE = "poolwatch:connects:rate"
+WAIT_RATE = "poolwatch:waits:rate"
+FLEET_RATIO = "poolwatch:fleet_budget:ratio"
+
+#: Closes that end a connection before its time (close, drain and shrink are deliberate).
+CHURN_REASONS = "max_lifetime|max_idle|broken|check_failed|reset_failed"
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Every tunable of the generated rules. Durations are PromQL durations ("5m")."""
+
+    #: the window of rates, increases and quantiles (SPEC: 5m)
+    window: str = "5m"
+    #: evaluation interval of the rule groups
+    interval: str = "30s"
+    saturation_threshold: float = 0.80
+    saturation_for: str = "5m"
+    saturation_severity: str = "warning"
+    wait_for: str = "1m"
+    wait_severity: str = "warning"
+    timeout_for: str = "0s"
+    timeout_severity: str = "critical"
+    connect_errors_for: str = "2m"
+    connect_errors_severity: str = "warning"
+    #: PoolConnectErrors turns critical when no connection is alive at all
+    connect_down_for: str = "1m"
+    connect_down_severity: str = "critical"
+    leak_for: str = "1m"
+    leak_severity: str = "warning"
+    #: churn: connections closed before their time live less than this on average ...
+    churn_window: str = "15m"
+    churn_min_mean_lifetime_seconds: float = 60.0
+    #: ... and at least this many of them close per minute
+    churn_min_closes_per_minute: float = 1.0
+    churn_for: str = "10m"
+    churn_severity: str = "warning"
+    fleet_threshold: float = 0.80
+    fleet_for: str = "10m"
+    fleet_severity: str = "warning"
+    target_down_for: str = "1m"
+    target_down_severity: str = "critical"
+    #: how long a target that once exported pools counts as a poolwatch target
+    target_memory: str = "1h"
+    runbook_base: str = "https://github.com/poolwatch/poolwatch/blob/main/docs/runbooks.md"
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.name != "extra_labels"]
+
+
+ALERT_NAMES = (
+    "PoolSaturationHigh",
+    "PoolWaitNonZero",
+    "PoolAcquireTimeouts",
+    "PoolConnectErrors",
+    "PoolConnectionLeak",
+    "PoolConnectionChurn",
+    "PoolFleetOverServerBudget",
+    "PoolwatchTargetDown",
+)
+
+
+def recording_rules(s: AlertSettings) -> list[dict[str, Any]]:
+    w = s.window
+    rules = [
+        {
+            "record": SATURATION,
+            # The exact mean of used/max over the window, from the used-seconds integral:
+            # a spike between two scrapes counts in full.
+            "expr": f"rate({USED_SECONDS}[{w}]) / {CONNECTIONS_MAX}",
+        },
+        {"record": WAIT_RATE, "expr": f"rate({WAITS}[{w}])"},
+    ]
+    for q in ("50", "95", "99"):
+        rules.append(
+            {
+                "record": WAIT_QUANTILE.format(q=q),
+                "expr": f"histogram_quantile(0.{q}, sum by ({BY_POOL}, le)"
+                f" (rate({ACQUIRE}_bucket[{w}])))",
+            }
+        )
+    rules += [
+        {"record": ERROR_RATE, "expr": f"sum by ({BY_POOL}, kind) (rate({ERRORS}[{w}]))"},
+        {
+            "record": CONNECT_RATE,
+            "expr": f"sum by ({BY_POOL}, outcome) (rate({CONNECT}_count[{w}]))",
+        },
+        {
+            "record": FLEET_RATIO,
+            # Σ max_size of every pool on one server, over what the server allows.
+            "expr": (
+                f"sum by (host, port) ({CONNECTIONS_MAX}"
+                f" * on ({BY_POOL}) group_left (host, port) {POOL_INFO})\n"
+                f"/ max by (host, port) ({SERVER_MAX}"
+                f" * on ({BY_POOL}) group_left (host, port) {POOL_INFO})"
+            ),
+        },
+    ]
+    return rules
+
+
+def _alert(
+    s: AlertSettings,
+    name: str,
+    expr: str,
+    for_: str,
+    severity: str,
+    summary: str,
+    description: str,
+) -> dict[str, Any]:
+    rule: dict[str, Any] = {"alert": name, "expr": expr}
+    if for_ not in ("0s", "0m", "0"):
+        rule["for"] = for_
+    rule["labels"] = {"severity": severity, **s.extra_labels}
+    rule["annotations"] = {
+        "summary": summary,
+        "description": description,
+        "runbook_url": f"{s.runbook_base}#{name.lower()}",
+    }
+    return rule
+
+
+def alerting_rules(s: AlertSettings) -> list[dict[str, Any]]:
+    w = s.window
+    where = "pool {{ $labels.pool }} on {{ $labels.instance }}"
+    connect_errors = f'sum by ({BY_POOL}) (increase({ERRORS}{{kind="connect"}}[{w}])) > 0'
+    churn_w = s.churn_window
+    churn_sel = f'{{reason=~"{CHURN_REASONS}"}}'
+    return [
+        _alert(
+            s,
+            "PoolSaturationHigh",
+            f"{SATURATION} > {s.saturation_threshold}",
+            s.saturation_for,
+            s.saturation_severity,
+            "Pool {{ $labels.pool }} is {{ $value | humanizePercentage }} saturated",
+            f"Over the last {w}, {where} used {{{{ $value | humanizePercentage }}}} of its"
+            f" connections on average (threshold {s.saturation_threshold:.0%}). Requests"
+            " will soon queue for a connection.",
+        ),
+        _alert(
+            s,
+            "PoolWaitNonZero",
+            f"increase({WAITS}[{w}]) > 0",
+            s.wait_for,
+            s.wait_severity,
+            "Requests are waiting for a connection in pool {{ $labels.pool }}",
+            f"About {{{{ $value | humanize }}}} requests of {where} found no idle connection"
+            f" and queued in the last {w}: the pool is too small, queries are too slow, or"
+            " traffic spiked.",
+        ),
+        _alert(
+            s,
+            "PoolAcquireTimeouts",
+            f'increase({ERRORS}{{kind="timeout"}}[{w}]) > 0',
+            s.timeout_for,
+            s.timeout_severity,
+            "Requests timed out waiting for a connection in pool {{ $labels.pool }}",
+            f"About {{{{ $value | humanize }}}} requests of {where} gave up waiting for a"
+            f" connection in the last {w}: users are seeing errors.",
+        ),
+        _alert(
+            s,
+            "PoolConnectErrors",
+            connect_errors,
+            s.connect_errors_for,
+            s.connect_errors_severity,
+            "Pool {{ $labels.pool }} fails to open connections",
+            f"About {{{{ $value | humanize }}}} connection attempts of {where} failed in the"
+            f" last {w}.",
+        ),
+        _alert(
+            s,
+            "PoolConnectErrors",
+            f"({connect_errors})\nand on ({BY_POOL})"
+            f' (sum by ({BY_POOL}) ({CONNECTIONS}{{state=~"idle|used"}}) == 0)',
+            s.connect_down_for,
+            s.connect_down_severity,
+            "Pool {{ $labels.pool }} has no connection at all and cannot open one",
+            f"Pool {{{{ $labels.pool }}}} on {{{{ $labels.instance }}}} holds no connection and"
+            f" about {{{{ $value | humanize }}}} connection"
+            f" attempts failed in the last {w}: every request of it fails.",
+        ),
+        _alert(
+            s,
+            "PoolConnectionLeak",
+            f"{LEAKED} > 0",
+            s.leak_for,
+            s.leak_severity,
+            "Pool {{ $labels.pool }} has {{ $value }} connections held past leak_timeout",
+            f"{{{{ $value }}}} checkouts of {where} have been held longer than leak_timeout;"
+            " the pool log shows where each was taken.",
+        ),
+        _alert(
+            s,
+            "PoolConnectionChurn",
+            f"(\n  sum by ({BY_POOL}) (rate({LIFETIME}_sum{churn_sel}[{churn_w}]))\n"
+            f"  / sum by ({BY_POOL}) (rate({LIFETIME}_count{churn_sel}[{churn_w}]))\n"
+            f") < {s.churn_min_mean_lifetime_seconds:g}\n"
+            f"and on ({BY_POOL})"
+            f" (sum by ({BY_POOL}) (rate({LIFETIME}_count{churn_sel}[{churn_w}])) * 60"
+            f" >= {s.churn_min_closes_per_minute:g})",
+            s.churn_for,
+            s.churn_severity,
+            "Connections of pool {{ $labels.pool }} live only {{ $value | humanizeDuration }}",
+            f"Connections of {where} closed for expiry or failure lived"
+            f" {{{{ $value | humanizeDuration }}}} on average over {churn_w}: a connection"
+            " storm, a broken network, or max_lifetime/max_idle set far too low.",
+        ),
+        _alert(
+            s,
+            "PoolFleetOverServerBudget",
+            f"max by (pool, host, port) ({POOL_INFO})\n"
+            f"* on (host, port) group_left () ({FLEET_RATIO} > {s.fleet_threshold})",
+            s.fleet_for,
+            s.fleet_severity,
+            "Pools on {{ $labels.host }}:{{ $labels.port }} may open"
+            " {{ $value | humanizePercentage }} of the server's connections",
+            "The max_size of every pool using {{ $labels.host }}:{{ $labels.port }}, pool"
+            " {{ $labels.pool }} among them, adds up to {{ $value | humanizePercentage }} of"
+            f" the server's max_connections (threshold {s.fleet_threshold:.0%}). Under load"
+            " the server will refuse connections.",
+        ),
+        _alert(
+            s,
+            "PoolwatchTargetDown",
+            # Seconds since the target last delivered this pool's identity, for targets
+            # that delivered one within target_memory and are down now.
+            f"time() - max by ({BY_POOL}) (max_over_time(timestamp({POOL_INFO})"
+            f"[{s.target_memory}:1m]))\nunless on (job, instance) (up == 1)",
+            s.target_down_for,
+            s.target_down_severity,
+            "Cannot scrape pool {{ $labels.pool }} on {{ $labels.instance }}",
+            "Prometheus last scraped {{ $labels.instance }} (job {{ $labels.job }}), which"
+            " exports pool {{ $labels.pool }}, {{ $value | humanizeDuration }} ago: the"
+            " process is down, or its exporter is.",
+        ),
+    ]
+
+
+def build_rules(settings: AlertSettings | None = None) -> dict[str, Any]:
+    s = settings or AlertSettings()
+    return {
+        "groups": [
+            {"name": "poolwatch-recording", "interval": s.interval, "rules": recording_rules(s)},
+            {"name": "poolwatch-alerts", "interval": s.interval, "rules": alerting_rules(s)},
+        ]
+    }
+
+
+HEADER = """\
+# Generated by `poolwatch alerts`; do not edit by hand: regenerate with other settings,
+# e.g. `poolwatch alerts --out alerts/ --set saturation_threshold=0.9 --set window=10m`.
+# Window {window}, evaluation every {interval}. Runbooks: {runbook_base}
+"""
+
+
+def render_rules(settings: AlertSettings | None = None) -> str:
+    import yaml
+
+    s = settings or AlertSettings()
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    body = yaml.dump(build_rules(s), Dumper=Dumper, sort_keys=False, width=100)
+    return HEADER.format(window=s.window, interval=s.interval, runbook_base=s.runbook_base) + body
