@@ -1,4 +1,4 @@
-"""The ``poolwatch`` command: ``serve`` and ``alerts`` (``demo`` joins them later)."""
+"""The ``poolwatch`` command: ``serve``, ``alerts`` and ``dashboards`` (``demo`` comes later)."""
 
 from __future__ import annotations
 
@@ -77,6 +77,24 @@ def _alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboards(args: argparse.Namespace) -> int:
+    try:
+        from .dashboards.build import dashboard_json
+    except ImportError as ex:
+        print(
+            f"poolwatch dashboards needs grafana-foundation-sdk ({ex.name} is missing):"
+            " pip install 'poolwatch[tools]' (Python >= 3.11)",
+            file=sys.stderr,
+        )
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "poolwatch.json")
+    with open(path, "w") as f:
+        f.write(dashboard_json())
+    print(f"poolwatch: wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poolwatch",
@@ -140,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     alerts.add_argument("--list", action="store_true", help="list the settings and defaults")
     alerts.set_defaults(run=_alerts)
+
+    boards = commands.add_parser(
+        "dashboards",
+        help="generate the Grafana dashboard JSON",
+        description="Write poolwatch.json, the Grafana dashboard (grafana-foundation-sdk).",
+    )
+    boards.add_argument("--out", default="dashboards", metavar="DIR", help="directory to write to")
+    boards.set_defaults(run=_dashboards)
     return parser
 
 
