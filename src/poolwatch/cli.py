@@ -1,4 +1,4 @@
-"""The ``poolwatch`` command: ``serve``, ``alerts`` and ``dashboards`` (``demo`` comes later)."""
+"""The ``poolwatch`` command: ``demo``, ``serve``, ``alerts`` and ``dashboards``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 
 DEFAULT_PORT = 9187
+# the scenario names, without importing the demo (and its dependencies) for --help
+_SCENARIOS = ("steady", "spike", "slow-queries", "leak", "storm", "outage")
 TOKEN_ENV = "POOLWATCH_TOKEN"
 
 
@@ -95,6 +97,36 @@ def _dashboards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from .demo.runner import DemoOptions, main
+    except ImportError as ex:
+        print(
+            f"poolwatch demo needs the demo extra ({ex.name} is missing):"
+            " pip install 'poolwatch[demo]'",
+            file=sys.stderr,
+        )
+        return 2
+    if args.workers < 1 or args.pool_size < 1:
+        print("poolwatch demo: --workers and --pool-size must be at least 1", file=sys.stderr)
+        return 2
+    if args.duration is not None and args.duration <= 0:
+        print("poolwatch demo: --duration must be a positive number of seconds", file=sys.stderr)
+        return 2
+    options = DemoOptions(
+        dsn=args.dsn,
+        host=args.host,
+        port=args.port,
+        scenario=args.scenario,
+        duration=args.duration,
+        scenario_seconds=args.scenario_seconds,
+        workers=args.workers,
+        pool_size=args.pool_size,
+        with_prometheus=args.with_prometheus,
+    )
+    return main(options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poolwatch",
@@ -102,6 +134,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a pool under load scenarios, with its exporter and status page",
+        description=(
+            "Start an embedded PostgreSQL (or use --dsn / $POOLWATCH_DSN), open a pool,"
+            " serve the exporter and the status page, and drive the pool through named"
+            " scenarios: steady, spike, slow-queries, leak, storm, outage. Without"
+            " --scenario it cycles through all of them. Ctrl-C stops everything and"
+            " removes the embedded server."
+        ),
+    )
+    demo.add_argument(
+        "--dsn",
+        help="use this database instead of an embedded one"
+        " (default: $POOLWATCH_DSN, else embedded)",
+    )
+    demo.add_argument("--scenario", choices=list(_SCENARIOS), help="run only this scenario")
+    demo.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
+    demo.add_argument(
+        "--scenario-seconds",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="length of each scenario when cycling (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--workers",
+        type=int,
+        default=8,
+        help="load workers at the steady level (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--pool-size", type=int, default=10, help="the pool's max_size (default: %(default)s)"
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="exporter address (default: %(default)s)")
+    demo.add_argument("--port", type=int, default=8000, help="exporter port (default: %(default)s)")
+    demo.add_argument(
+        "--with-prometheus",
+        action="store_true",
+        help="also run Prometheus and Alertmanager (Debian binaries) with the"
+        " bundled rules on loopback, and print alerts as they fire and resolve",
+    )
+    demo.set_defaults(run=_demo)
 
     serve = commands.add_parser(
         "serve",

@@ -1,4 +1,4 @@
-"""The FastAPI exporter: /metrics, /healthz, /readyz and /pools.
+"""The FastAPI exporter: /metrics, /healthz, /readyz, /pools, and the status page at /.
 
 `create_router` gives the endpoints to mount into an existing app
 (``app.include_router(router, prefix="/ops")``); `create_app` wraps them in an app
@@ -10,10 +10,11 @@ from __future__ import annotations
 import gzip
 import hmac
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import exposition as prom_exposition
 from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.registry import REGISTRY, CollectorRegistry
@@ -28,6 +29,10 @@ from ..metrics.exposition import (
 from ..metrics.multiprocess import read_directory
 from ..metrics.state import PoolState, Watchable
 from ..metrics.views import pool_view
+from .live import LiveHistory
+
+#: The status page: one self-contained file (no CDN, no font downloads).
+STATUS_PAGE = (Path(__file__).with_name("status.html")).read_text(encoding="utf-8")
 
 #: Responses smaller than this are sent as they are: gzip would not pay for itself.
 GZIP_MIN_BYTES = 1024
@@ -54,6 +59,7 @@ class Exporter:
         self.include_registry = include_registry
         self.multiproc_dir = multiproc_dir
         self.ready_max_wait = ready_max_wait
+        self.live = LiveHistory(self.states)
 
     def states(self) -> list[PoolState]:
         if self.multiproc_dir is not None:
@@ -130,6 +136,7 @@ def create_router(
     include_registry: bool = True,
     multiproc_dir: str | None = None,
     ready_max_wait: float = DEFAULT_READY_MAX_WAIT,
+    exporter: Exporter | None = None,
 ) -> APIRouter:
     """The exporter's endpoints, for ``app.include_router(...)``.
 
@@ -138,22 +145,24 @@ def create_router(
     *token*, if set, is required as ``Authorization: Bearer <token>`` on /metrics
     and /pools; /healthz and /readyz stay open for orchestrators' probes.
     *multiproc_dir* serves the states that worker processes write there instead
-    of this process's pools.
+    of this process's pools. *exporter*, if given, replaces all of these.
     """
-    exporter = Exporter(
-        pools,
-        registry=registry,
-        include_registry=include_registry,
-        multiproc_dir=multiproc_dir,
-        ready_max_wait=ready_max_wait,
-    )
+    if exporter is None:
+        exporter = Exporter(
+            pools,
+            registry=registry,
+            include_registry=include_registry,
+            multiproc_dir=multiproc_dir,
+            ready_max_wait=ready_max_wait,
+        )
+    ex = exporter
     guarded = [Depends(_bearer_check(token))]
     router = APIRouter()
 
     @router.get("/metrics", dependencies=guarded, response_class=Response)
     def metrics(request: Request) -> Response:
         openmetrics = _wants_openmetrics(request)
-        body = exporter.metrics_text(openmetrics).encode()
+        body = ex.metrics_text(openmetrics).encode()
         headers = {"Cache-Control": "no-store"}
         if "gzip" in request.headers.get("accept-encoding", "") and len(body) >= GZIP_MIN_BYTES:
             body = gzip.compress(body, compresslevel=5)
@@ -168,12 +177,20 @@ def create_router(
 
     @router.get("/readyz")
     def readyz() -> JSONResponse:
-        ready, body = exporter.readiness()
+        ready, body = ex.readiness()
         return JSONResponse(body, status_code=200 if ready else 503)
+
+    @router.get("/", response_class=HTMLResponse)
+    def status_page() -> HTMLResponse:
+        return HTMLResponse(STATUS_PAGE, headers={"Cache-Control": "no-store"})
+
+    @router.get("/api/live", dependencies=guarded)
+    def live() -> JSONResponse:
+        return JSONResponse(ex.live.view(), headers={"Cache-Control": "no-store"})
 
     @router.get("/pools", dependencies=guarded)
     def pools_view() -> JSONResponse:
-        views = [pool_view(s) for s in exporter.states()]
+        views = [pool_view(s) for s in ex.states()]
         return JSONResponse({"pools": views}, headers={"Cache-Control": "no-store"})
 
     return router
@@ -199,14 +216,13 @@ def create_app(
     fastapi_options.setdefault("redoc_url", None)
     fastapi_options.setdefault("openapi_url", None)
     app = FastAPI(**fastapi_options)
-    app.include_router(
-        create_router(
-            pools,
-            token=token,
-            registry=registry,
-            include_registry=include_registry,
-            multiproc_dir=multiproc_dir,
-            ready_max_wait=ready_max_wait,
-        )
+    exporter = Exporter(
+        pools,
+        registry=registry,
+        include_registry=include_registry,
+        multiproc_dir=multiproc_dir,
+        ready_max_wait=ready_max_wait,
     )
+    app.state.exporter = exporter  # for code that shares the app's view of the pools
+    app.include_router(create_router(token=token, exporter=exporter))
     return app

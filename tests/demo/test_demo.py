@@ -1,0 +1,98 @@
+"""`poolwatch demo` as a user runs it: embedded PostgreSQL, a bounded run, a clean stop."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..metrics.test_multiprocess import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def start_demo(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    env = {k: v for k, v in os.environ.items() if k != "POOLWATCH_DSN"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "poolwatch.cli", "demo", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    return proc, []
+
+
+def read_until(proc: subprocess.Popen[str], lines: list[str], pattern: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            break
+        lines.append(line)
+        if re.search(pattern, line):
+            return line
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(lines)}")
+
+
+def pool_value(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_demo_spike_on_embedded_postgres_then_sigterm():
+    port = free_port()
+    proc, lines = start_demo("--scenario", "spike", "--duration", "60", "--port", str(port),
+                             "--workers", "4", "--pool-size", "4")  # fmt: skip
+    try:
+        up = read_until(proc, lines, r"PostgreSQL is up", 90)
+        datadir = up.rsplit("(data in ", 1)[1].rstrip(")\n")
+        read_until(proc, lines, rf"status page\s+http://127\.0\.0\.1:{port}/", 30)
+        read_until(proc, lines, r"scenario spike", 10)
+        read_until(proc, lines, r"\[spike", 10)  # the progress line
+        deadline = time.monotonic() + 20
+        while True:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            waits = pool_value(text, "poolwatch_waits_total", pool="demo")
+            if waits > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert waits > 0, "the spike made no request wait"
+        assert pool_value(text, "poolwatch_acquire_seconds_count", pool="demo", outcome="ok") > 0
+        pools = httpx.get(f"http://127.0.0.1:{port}/pools", timeout=5).json()["pools"]
+        assert pools[0]["name"] == "demo"
+        progress = [line for line in lines if line.startswith("[spike")]
+        assert "saturation" in progress[-1] and "wait p95" in progress[-1]
+        assert "errors/min" in progress[-1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+        lines.append(rest)
+    output = "".join(lines)
+    assert proc.returncode == 0, output
+    assert "embedded PostgreSQL stopped and removed" in output
+    assert not Path(datadir).exists()
+    leftover = subprocess.run(["pgrep", "-f", datadir], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", f"processes left behind: {leftover.stdout}"
+
+
+def test_demo_help_and_bad_options():
+    out = subprocess.run([sys.executable, "-m", "poolwatch.cli", "demo", "--help"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0
+    for option in ("--scenario", "--duration", "--workers", "--pool-size", "--with-prometheus"):
+        assert option in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "poolwatch.cli", "demo", "--scenario", "boom"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "invalid choice: 'boom'" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "poolwatch.cli", "demo", "--pool-size", "0"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "--pool-size" in bad.stderr
