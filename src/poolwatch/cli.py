@@ -123,6 +123,8 @@ def _demo(args: argparse.Namespace) -> int:
         workers=args.workers,
         pool_size=args.pool_size,
         with_prometheus=args.with_prometheus,
+        prometheus_port=args.prometheus_port,
+        alertmanager_port=args.alertmanager_port,
     )
     return main(options)
 
@@ -181,6 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run Prometheus and Alertmanager (Debian binaries) with the"
         " bundled rules on loopback, and print alerts as they fire and resolve",
+    )
+    demo.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=9090,
+        help="with --with-prometheus: Prometheus' port (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--alertmanager-port",
+        type=int,
+        default=9093,
+        help="with --with-prometheus: Alertmanager's port (default: %(default)s)",
     )
     demo.set_defaults(run=_demo)
 

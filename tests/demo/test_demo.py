@@ -96,3 +96,27 @@ def test_demo_help_and_bad_options():
     bad = subprocess.run([sys.executable, "-m", "poolwatch.cli", "demo", "--pool-size", "0"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "--pool-size" in bad.stderr
+
+
+def test_demo_with_prometheus_prints_alerts_as_they_fire():
+    from ..metrics.scrape import require_tool
+
+    require_tool("prometheus")
+    require_tool("prometheus-alertmanager")
+    port, prom, am = free_port(), free_port(), free_port()
+    proc, lines = start_demo(
+        "--scenario", "spike", "--duration", "90", "--port", str(port), "--workers", "4",
+        "--pool-size", "4", "--with-prometheus", "--prometheus-port", str(prom),
+        "--alertmanager-port", str(am),
+    )  # fmt: skip
+    try:
+        read_until(proc, lines, rf"prometheus\s+http://127\.0\.0\.1:{prom}/", 90)
+        alert = read_until(proc, lines, r"ALERT firing\s+PoolWaitNonZero pool=demo", 60)
+        assert "(warning)" in alert
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, "".join(lines) + rest
+    for p in (prom, am):  # both children were stopped with the demo
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{p}/", timeout=2)

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request
+
 from ..alerts.rules import AlertSettings, render_rules
 
 #: Rules for a demo: windows of 30 s and 5 s `for:`, evaluated every second.
@@ -41,8 +43,6 @@ class AlertStack:
         self.dir: tempfile.TemporaryDirectory[str] | None = None
 
     def add_webhook(self, app: Any) -> None:
-        from fastapi import Request
-
         say = self.say
 
         async def alert_webhook(request: Request) -> dict[str, str]:
