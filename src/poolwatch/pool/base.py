@@ -136,6 +136,8 @@ class BasePool:
     """
 
     _ASYNC: ClassVar[bool]
+    #: False for pools whose checkout or return differs from the plain one (null pools)
+    _FAST_PATHS: ClassVar[bool] = True
     _names = itertools.count(1)
 
     def __init__(
@@ -183,10 +185,16 @@ class BasePool:
         # Only one connection is opened at a time when growing: during a spike a
         # burst of slow connects would leave no worker free to hand returns over.
         self._growing = False
-        self._used = 0  # checked out, or being checked/reset on the way
-        self._used_area = 0.0  # integral of _used over time until _used_since
-        self._used_since = monotonic()
+        # Used = checked out (in _out) + in transit (being checked or reset, not in _out).
+        # The used-seconds integral is kept in parts, so that a checkout and a return
+        # only touch _out and one float: finished checkouts add their duration to
+        # _done_area; a snapshot adds the age of the current ones and the transit area.
+        self._done_area = 0.0
+        self._transit = 0
+        self._transit_area = 0.0  # integral of _transit over time until _transit_since
+        self._transit_since = monotonic()
         self._agg = PoolAggregates()
+        self._acquire_ok = self._agg.acquire["ok"]  # the fast path's histogram
         self._stats_base: dict[str, int] = {}
         self._drained_at = 0.0
         self._last_connect_error: BaseException | None = None
@@ -217,6 +225,23 @@ class BasePool:
         if max_size == 0:
             raise PoolConfigError("max_size must be > 0 (min_size and max_size are both 0)")
         return min_size, max_size
+
+    @property
+    def _closed(self) -> bool:
+        return self._closed_flag
+
+    @_closed.setter
+    def _closed(self, value: bool) -> None:
+        self._closed_flag = value
+        # getconn/putconn take their inlined fast paths only when nothing else (a check
+        # callback, leak tracking, an observer, a closed pool) needs the general ones.
+        self._fast_checkout = (
+            not value
+            and self._FAST_PATHS
+            and getattr(self, "_check", None) is None
+            and self.leak_timeout is None
+            and self._observer is None
+        )
 
     @property
     def min_size(self) -> int:
@@ -267,14 +292,15 @@ class BasePool:
                         break
                     leaked += 1
             idle = len(self._idle)
+            used = self._used
             return PoolSnapshot(
                 name=self.name,
                 min_size=self._min_size,
                 max_size=self._max_size,
                 size=self._nconns,
                 idle=idle,
-                used=self._used,
-                opening=max(0, self._nconns - idle - self._used),
+                used=used,
+                opening=max(0, self._nconns - idle - used),
                 waiting=len(self._waiting),
                 closed=self._closed,
                 timeout=self.timeout,
@@ -282,7 +308,10 @@ class BasePool:
                 oldest_wait_seconds=now - oldest_wait if oldest_wait is not None else 0.0,
                 leaked=leaked,
                 leak_timeout=self.leak_timeout,
-                used_seconds_total=self._used_area + self._used * (now - self._used_since),
+                used_seconds_total=self._done_area
+                + sum(now - t for t in self._out.values())
+                + self._transit_area
+                + self._transit * (now - self._transit_since),
                 server_max_connections=self.server_max_connections,
             )
 
@@ -346,11 +375,17 @@ class BasePool:
 
     # --- lock-held bookkeeping ---
 
-    def _used_change_locked(self, now: float, delta: int) -> None:
+    @property
+    def _used(self) -> int:
+        """Connections counted as used: checked out, or being checked or reset."""
+        return len(self._out) + self._transit
+
+    def _transit_change_locked(self, now: float, delta: int) -> None:
+        """*delta* connections start (or stop) being checked or reset outside _out."""
         # The clock is read under the lock, so `now` never goes backwards here.
-        self._used_area += self._used * (now - self._used_since)
-        self._used_since = now
-        self._used += delta
+        self._transit_area += self._transit * (now - self._transit_since)
+        self._transit_since = now
+        self._transit += delta
 
     def _take_idle_locked(self, now: float) -> Any:
         """Pop a usable idle connection, or return None; retire expired ones on the way."""
@@ -370,12 +405,12 @@ class BasePool:
     def _checkout_locked(self, conn: Any, now: float) -> None:
         """Mark *conn* as handed out at *now*."""
         self._out[conn] = now
-        self._used_change_locked(now, +1)
 
     def _uncheckout_locked(self, conn: Any, now: float) -> None:
         """Undo a checkout the user never saw (the request gave up, or the check failed)."""
-        if self._out.pop(conn, None) is not None:
-            self._used_change_locked(now, -1)
+        t_out = self._out.pop(conn, None)
+        if t_out is not None:
+            self._done_area += now - t_out
         self._leak_stacks.pop(conn, None)
 
     def _checkin_locked(self, conn: Any, now: float, *, still_used: bool) -> float:
@@ -387,10 +422,15 @@ class BasePool:
             t_out = self._out.pop(conn)
         except KeyError:
             raise self._bad_return_error(conn) from None
+        return self._checked_in_locked(conn, t_out, now, still_used=still_used)
+
+    def _checked_in_locked(self, conn: Any, t_out: float, now: float, *, still_used: bool) -> float:
+        """`_checkin_locked` after *conn* left the checked-out list (it was out since *t_out*)."""
         use = now - t_out
         self._agg.use.observe(use)
-        if not still_used:
-            self._used_change_locked(now, -1)
+        self._done_area += use
+        if still_used:
+            self._transit_change_locked(now, +1)
         if self._leak_stacks:
             self._leak_stacks.pop(conn, None)
             if id(conn) in self._leak_reported:
@@ -566,7 +606,7 @@ class BasePool:
         self._idle.clear()
         self._out.clear()
         self._waiting.clear()
-        self._used = 0
+        self._transit = 0
         self._nconns = 0
         self._leak_stacks.clear()
 

@@ -28,6 +28,8 @@ class NullConnectionPool(ConnectionPool[CT]):
     *min_size* fixed at 0.
     """
 
+    _FAST_PATHS = False  # connections are closed on return, never kept idle
+
     def __init__(
         self,
         conninfo: ConninfoParam = "",

@@ -27,6 +27,8 @@ class AsyncNullConnectionPool(AsyncConnectionPool[ACT]):
     *min_size* fixed at 0.
     """
 
+    _FAST_PATHS = False  # connections are closed on return, never kept idle
+
     def __init__(
         self,
         conninfo: AsyncConninfoParam = "",

@@ -54,7 +54,7 @@ class PoolUpkeep(Generic[CT], BasePool):
         reason = self._reset_connection(conn)
         with self._lock:
             now = monotonic()
-            self._used_change_locked(now, -1)
+            self._transit_change_locked(now, -1)
             close_now = self._put_back_locked(conn, now, reason)
         if close_now:
             self._close_connection(conn)
@@ -123,6 +123,8 @@ class PoolUpkeep(Generic[CT], BasePool):
         """
         with self._lock:
             now = self._drained_at = monotonic()
+            for conn in self._out:  # so that putconn's fast path retires them too
+                conn._expire_at = 0.0
             while self._idle:
                 self._retire_locked(self._idle.popleft(), "drain", now, replace=True)
         self._flush_notifications()
@@ -152,7 +154,7 @@ class PoolUpkeep(Generic[CT], BasePool):
         with self._lock:
             conns = list(self._idle)
             self._idle.clear()
-            self._used_change_locked(monotonic(), len(conns))  # busy while being checked
+            self._transit_change_locked(monotonic(), len(conns))  # busy while being checked
             if self._grow_if_useful_locked():
                 self.run_task(AddConnection(self, growing=True))
         for conn in conns:
@@ -168,7 +170,7 @@ class PoolUpkeep(Generic[CT], BasePool):
                     reason = "broken"
             with self._lock:
                 now = monotonic()
-                self._used_change_locked(now, -1)
+                self._transit_change_locked(now, -1)
                 if reason == "broken":
                     self._agg.connections_lost += 1
                     self._count_error_locked("broken")

@@ -53,7 +53,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
         reason = await self._reset_connection(conn)
         with self._lock:
             now = monotonic()
-            self._used_change_locked(now, -1)
+            self._transit_change_locked(now, -1)
             close_now = self._put_back_locked(conn, now, reason)
         if close_now:
             await self._close_connection(conn)
@@ -122,6 +122,8 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
         """
         with self._lock:
             now = self._drained_at = monotonic()
+            for conn in self._out:  # so that putconn's fast path retires them too
+                conn._expire_at = 0.0
             while self._idle:
                 self._retire_locked(self._idle.popleft(), "drain", now, replace=True)
         self._flush_notifications()
@@ -151,7 +153,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
         with self._lock:
             conns = list(self._idle)
             self._idle.clear()
-            self._used_change_locked(monotonic(), len(conns))  # busy while being checked
+            self._transit_change_locked(monotonic(), len(conns))  # busy while being checked
             if self._grow_if_useful_locked():
                 self.run_task(AddConnection(self, growing=True))
         for conn in conns:
@@ -167,7 +169,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
                     reason = "broken"
             with self._lock:
                 now = monotonic()
-                self._used_change_locked(now, -1)
+                self._transit_change_locked(now, -1)
                 if reason == "broken":
                     self._agg.connections_lost += 1
                     self._count_error_locked("broken")
