@@ -1,0 +1,129 @@
+"""Every benchmark, side by side in one run, against one throwaway PostgreSQL.
+
+    ./scripts/bench               # writes benchmarks/RESULTS.md and prints it
+    ./scripts/bench --quick       # fewer rounds: a smoke run, not for the record
+
+Sections: checkout cost against every peer; SELECT 1 against raw connections;
+contention and fairness; connect-per-request against pooled, on loopback and over
+added latency; metrics on against off; /metrics rendering. Medians over rounds,
+ratios taken within a round, and a spread column for how noisy the machine was.
+Benchmarks never run in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import checkout, connect, metrics_cost, throughput  # noqa: E402
+from poolwatch.embedded import create_cluster  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few rounds, for a smoke run")
+    parser.add_argument("--dsn", help="use this server instead of a throwaway cluster")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    args = parser.parse_args()
+    quick = args.quick
+    rounds = 3 if quick else 9
+    started = time.monotonic()
+
+    cluster = None
+    if args.dsn is None:
+        print("bench: starting a throwaway PostgreSQL cluster", file=sys.stderr)
+        cluster = create_cluster(max_connections=200)
+    dsn = args.dsn or cluster.dsn()  # type: ignore[union-attr]
+    sections: list[tuple[str, str, str]] = []
+    try:
+        print("bench: checkout", file=sys.stderr)
+        ops = 5_000 if quick else 20_000
+        sections.append((
+            "Checkout cost (µs per operation)",
+            f"Pool of 1, an idle connection always available, no query; {rounds} rounds of"
+            f" {ops} operations, every library interleaved in each round. poolwatch keeps"
+            " its aggregates in every variant (they cannot be turned off); the variants"
+            " differ in what exports them, read between rounds as a scrape would. The async"
+            " poolwatch row has the same aggregates. asyncpg resets the session on release"
+            " (a round trip) by default. psycopg2 has no `with` form.",
+            checkout.table(checkout.measure(dsn, rounds, ops)),
+        ))  # fmt: skip
+        print("bench: SELECT 1 against raw connections", file=sys.stderr)
+        sections.append((
+            "SELECT 1 throughput against raw connections",
+            "T threads each running SELECT 1 on a pool of T, against T threads each holding"
+            " its own connection; all in autocommit (one round trip per query). Goal:"
+            " poolwatch ≥ 0.95 of raw.",
+            throughput.vs_raw_table(
+                throughput.vs_raw(dsn, 3 if quick else 7, 2_000 if quick else 8_000)
+            ),
+        ))  # fmt: skip
+        print("bench: contention", file=sys.stderr)
+        seconds = 1.0 if quick else 3.0
+        sections.append((
+            "Contention and fairness",
+            f"Workers on a pool of 4 for {seconds:.0f} s per round, {3 if quick else 5}"
+            " rounds (medians). Wait = time to get a connection. Jain fairness of the"
+            " per-worker completions: 1.0 when every worker got an equal share. Goal:"
+            " poolwatch's throughput and p99 at least as good as psycopg_pool's, Jain ≥"
+            " 0.99, throughput ≥ SQLAlchemy's barging pool.",
+            throughput.contention_table(
+                throughput.contention(dsn, 3 if quick else 5, seconds)
+            ),
+        ))  # fmt: skip
+        print("bench: connect per request", file=sys.stderr)
+        sections.append((
+            "Connect per request against pooled",
+            "SELECT 1 with a new connection each time (TCP, startup, SCRAM) against a"
+            " poolwatch pool, on loopback and through a proxy adding 1 ms each way.",
+            connect.table(connect.measure(dsn, 2 if quick else 3)),
+        ))  # fmt: skip
+        print("bench: metrics on against off", file=sys.stderr)
+        tps = {
+            shape: metrics_cost.throughput(dsn, 5 if quick else 21, *shape)
+            for shape in metrics_cost.SHAPES
+        }
+        sections.append((
+            "Metrics on against metrics off (SELECT 1 throughput)",
+            "T threads on a pool of T; off = not exported, on = rendered every"
+            f" {metrics_cost.SCRAPE_EVERY:g} s (15 times Prometheus' default rate), with and"
+            " without the OTel bridge; variants interleaved within every round. Goal: within"
+            " 3%.",
+            metrics_cost.onoff_table(tps),
+        ))  # fmt: skip
+        print("bench: /metrics rendering", file=sys.stderr)
+        sections.append((
+            "Rendering /metrics",
+            f"Every family for N pools with history; median of {metrics_cost.RENDER_REPEATS}"
+            " renders; prometheus_client's generic exposition of the same families beside"
+            " it.",
+            metrics_cost.render_table(metrics_cost.render_costs(dsn, (1, 10, 100))),
+        ))  # fmt: skip
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+
+    minutes = (time.monotonic() - started) / 60
+    header = (
+        "# Benchmark results\n\n"
+        f"Command: `./scripts/bench{' --quick' if quick else ''}`, one run of {minutes:.1f} min."
+        f" Python {platform.python_version()}, {os.cpu_count()} CPUs, PostgreSQL started by"
+        " the run on 127.0.0.1 (TCP, SCRAM). The machine is a shared 2-core VM: single runs"
+        " move by 10-50%, so read medians and in-round ratios, and the spread columns.\n"
+    )
+    body = "\n".join(f"\n## {title}\n\n{intro}\n\n{table}\n" for title, intro, table in sections)
+    text = header + body
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
