@@ -30,6 +30,7 @@ SOURCES = [
     "tests/pool/test_null_pool_async.py",
     "tests/pool/test_faults_async.py",
     "tests/metrics/test_truth_async.py",
+    "tests/faults/test_network_async.py",
 ]
 
 # (pattern, replacement). Patterns are regular expressions, applied in this order.
