@@ -1,0 +1,49 @@
+"""The pool invariants, checked by the state machine tests and the soak script alike.
+
+Some hold at every instant (read under the pool lock); the others hold once the
+pool is at rest, when no connection is being opened, checked or reset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def instant_violations(pool: Any, held: list[Any]) -> list[str]:
+    """Invariants true at any moment."""
+    out = []
+    with pool._lock:
+        snap_size, max_size = pool._nconns, pool._max_size
+        used = pool._used
+        idle = len(pool._idle)
+        out_keys = set(map(id, pool._out))
+    if snap_size - max_size > used:
+        out.append(f"size {snap_size} > max_size {max_size} beyond the {used} checked out")
+    if idle + used > snap_size:
+        out.append(f"idle {idle} + used {used} > size {snap_size}")
+    ids = [id(c) for c in held]
+    if len(ids) != len(set(ids)):
+        out.append("a connection is held by two borrowers")
+    missing = [i for i in ids if i not in out_keys]
+    if missing:
+        out.append(f"{len(missing)} held connections are not checked out in the pool")
+    return out
+
+
+def at_rest_violations(pool: Any, held: list[Any], requests: int) -> list[str]:
+    """Invariants true when nothing is being opened, checked or reset."""
+    out = []
+    with pool._lock:
+        size, idle, used = pool._nconns, len(pool._idle), pool._used
+        agg = pool._agg.copy()
+    opening = size - idle - used
+    if opening != 0:
+        out.append(f"idle {idle} + used {used} + opening 0 != size {size}")
+    if agg.opened - agg.closed != size:
+        out.append(f"opened {agg.opened} - closed {agg.closed} != size {size}")
+    outcomes = sum(h.count for h in agg.acquire.values())
+    if not agg.requests == outcomes == requests:
+        out.append(f"requests {requests}, counted {agg.requests}, outcomes {outcomes}")
+    if used != len(held):
+        out.append(f"used {used} != {len(held)} held")
+    return out
