@@ -11,6 +11,14 @@ import pytest
 from poolwatch.embedded import Cluster, create_cluster
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="run the long variants: many more state-machine examples",
+    )
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"poolwatch tests; CI={os.environ.get('CI', '')!r}"
 

@@ -4,7 +4,7 @@ Rules: getconn (it may time out), putconn of a clean connection, of one left in 
 transaction, in an error state, or closed (broken), resize, drain, check, and
 pg_terminate_backend of the pool's backends. After every step the invariants in
 `invariants.py` are checked: those true at any instant at once, the others once
-the pool has come to rest.
+the pool has come to rest. `pytest --long` runs 200 examples instead of 12.
 """
 
 from __future__ import annotations
@@ -143,12 +143,13 @@ class PoolMachine(RuleBasedStateMachine):
 
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
-def test_pool_state_machine(pg, dsn, is_async):
+def test_pool_state_machine(pg, dsn, is_async, request):
     machine = type(
         f"PoolMachine_{'async' if is_async else 'sync'}",
         (PoolMachine,),
         {"dsn": dsn, "pg": pg, "is_async": is_async},
     )
     test_case = machine.TestCase
-    test_case.settings = SETTINGS
+    long = request.config.getoption("--long")
+    test_case.settings = settings(SETTINGS, max_examples=200 if long else 12)
     test_case().runTest()

@@ -198,3 +198,26 @@ def test_docs_metrics_md_is_generated_from_the_table():
     assert committed.read_text() == metrics_markdown(), (
         "docs/metrics.md is stale: python -m poolwatch.metrics.docs > docs/metrics.md"
     )
+
+
+def test_long_configuration_values_are_bounded_and_kept_apart(dsn):
+    long_a, long_b = "svc-" + "a" * 300, "svc-" + "a" * 299 + "b"
+    app = "x" * 60 + '"\\\n'  # quotes, a backslash and a newline, near PostgreSQL's limit
+    with (
+        ConnectionPool(
+            dsn, min_size=1, name=long_a, open=True, kwargs={"application_name": app}
+        ) as a,
+        ConnectionPool(dsn, min_size=1, name=long_b, open=True) as b,
+    ):
+        a.wait()
+        b.wait()
+        with exporter([a, b]) as srv:
+            s = scrape(srv.url, openmetrics=True)
+    names = {labels["pool"] for labels, _ in s.samples("poolwatch_connections_max")}
+    assert len(names) == 2 and all(len(n) <= 128 for n in names)
+    assert all(n.startswith("svc-aaaa") for n in names)
+    infos = [labels for labels, _ in s.samples("poolwatch_pool_info")]
+    assert any(i["application_name"].startswith("x" * 60) for i in infos)
+    for family in s.families.values():
+        for sample in family.samples:
+            assert all(len(v) <= 128 for v in sample.labels.values())

@@ -50,6 +50,18 @@ class Load:
         gather(*tasks, timeout=60)
         return fault_at
 
+    def report(self, fault: str, fault_at: float) -> None:
+        """The figures for the record (shown with pytest -s)."""
+        after = [t for t in self.ok if t >= fault_at]
+        kinds: dict[str, int] = {}
+        for _, kind in self.failures:
+            kinds[kind] = kinds.get(kind, 0) + 1
+        print(
+            f"\n{fault}: {len(self.ok)} requests served ({len(after)} after the fault),"
+            f" {len(self.failures)} failed with a clear error {kinds},"
+            f" slowest {self.slowest:.2f} s"
+        )
+
 
 def check_invariants(pool):
     s = pool.snapshot()
@@ -67,6 +79,7 @@ def test_server_restart_mid_load(pg, dsn):
             pg.restart("fast")
 
         back_at = load.run(restart)
+        load.report("server restart", back_at)
         assert load.slowest < TIMEOUT + 2.0, "a request hung past its timeout"
         assert load.max_size_seen <= 4
         assert [t for t in load.ok if t > back_at], "requests never succeeded again"
@@ -89,6 +102,7 @@ def test_backends_killed_mid_load(pg, dsn):
             assert pg.terminate_backends(name) >= 1
 
         killed_at = load.run(kill)
+        load.report("backends killed", killed_at)
         assert load.slowest < TIMEOUT + 2.0
         assert [t for t in load.ok if t > killed_at + 0.2]
         assert load.max_size_seen <= 3

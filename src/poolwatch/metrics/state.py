@@ -8,6 +8,7 @@ from several processes or from two pools given the same name in one process.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import weakref
 from collections.abc import Iterable
@@ -117,10 +118,25 @@ _ERROR_SERIES = [(k, "") for k in ERROR_KINDS if k != "connect"] + [
 ]
 
 
+#: Longest label value exported; longer configuration values are cut, keeping a hash.
+MAX_LABEL_LENGTH = 128
+
+
+def bounded(value: str) -> str:
+    """*value*, or for a value over MAX_LABEL_LENGTH its start plus a short hash of it.
+
+    The hash keeps two long names that share a prefix apart.
+    """
+    if len(value) <= MAX_LABEL_LENGTH:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:10]
+    return f"{value[: MAX_LABEL_LENGTH - 11]}~{digest}"
+
+
 def identity_of(pool: Watchable) -> dict[str, str]:
     """The pool_info labels: from the first connection, else from the conninfo string."""
     if pool.server_identity:
-        return dict(pool.server_identity)
+        return {k: bounded(v) for k, v in pool.server_identity.items()}
     info = dict.fromkeys(INFO_LABELS, "")
     conninfo = getattr(pool, "conninfo", None)
     if isinstance(conninfo, str):
@@ -131,7 +147,7 @@ def identity_of(pool: Watchable) -> dict[str, str]:
         for name in ("host", "port", "dbname", "application_name"):
             value = params.get(name)
             if value is not None:
-                info[name] = str(value)
+                info[name] = bounded(str(value))
     return info
 
 
@@ -139,7 +155,7 @@ def state_of(pool: Watchable) -> PoolState:
     """Read a live pool: one snapshot and one copy of its aggregates."""
     snap = pool.snapshot()
     agg = pool.aggregates()
-    state = PoolState(pool=pool.name, info=identity_of(pool))
+    state = PoolState(pool=bounded(pool.name), info=identity_of(pool))
     s = state.scalars
     s[("connections", ("idle",))] = snap.idle
     s[("connections", ("used",))] = snap.used
