@@ -206,3 +206,76 @@ def test_huge_timeout_is_accepted(dsn):
         waiter.join(5)
         assert got == [held]
         pool.putconn(held)
+
+
+def test_async_pool_is_disabled_in_a_forked_child(dsn):
+    import asyncio
+
+    from poolwatch import AsyncConnectionPool
+
+    loop = asyncio.new_event_loop()
+    pool = AsyncConnectionPool(dsn, min_size=1, name="forked-async", open=False)
+    loop.run_until_complete(pool.open(wait=True))
+    try:
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what happens, never run pytest's teardown
+            code = 0
+            try:
+                try:
+                    loop.run_until_complete(pool.getconn())
+                    msg = "no error"
+                except PoolClosed as ex:
+                    msg = str(ex)
+                os.write(wfd, msg.encode())
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        with os.fdopen(rfd) as f:
+            report = f.read()
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+        assert "forked child process" in report, report
+
+        # the parent's pool is unaffected
+        async def use() -> int:
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT 1")
+                return (await cur.fetchone())[0]
+
+        assert loop.run_until_complete(use()) == 1
+    finally:
+        loop.run_until_complete(pool.close())
+        loop.close()
+
+
+@pytest.mark.parametrize("where", ["dsn", "kwargs", "callable"])
+def test_no_secret_in_errors_or_their_causes(pg, where, caplog):
+    """A password from any source never shows in an exception, its causes, or a log."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secret = "s3cr3t-" + where + "-value"
+    dsn = pg.dsn(port=1, password=secret)  # nothing listens on port 1
+    options: dict = {"min_size": 1, "reconnect_timeout": 30, "open": True, "name": where}
+    if where == "kwargs":
+        options["kwargs"] = {"password": secret}
+        dsn = pg.dsn(port=1, password=None)
+    elif where == "callable":
+        dsn_value = dsn
+        dsn = lambda: dsn_value  # noqa: E731
+    with ConnectionPool(dsn, **options) as pool:
+        with pytest.raises(PoolTimeout) as info:
+            pool.getconn(timeout=1.5)
+        texts = [repr(pool)]
+        error: BaseException | None = info.value
+        while error is not None:  # the whole chain
+            texts += [str(error), repr(error)]
+            error = error.__cause__ or error.__context__
+    texts += [r.getMessage() for r in caplog.records]
+    texts += [str(r.exc_info[1]) for r in caplog.records if r.exc_info]
+    assert len(texts) > 3
+    for text in texts:
+        assert secret not in text
