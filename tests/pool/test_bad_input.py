@@ -279,3 +279,20 @@ def test_no_secret_in_errors_or_their_causes(pg, where, caplog):
     assert len(texts) > 3
     for text in texts:
         assert secret not in text
+
+
+def test_a_sync_pool_dropped_while_open_stops_its_threads(dsn):
+    import gc
+    import threading
+    import time
+
+    before = threading.active_count()
+    pool = ConnectionPool(dsn, min_size=0, max_size=2, num_workers=2, open=True)
+    pool.wait()
+    assert threading.active_count() == before + 3  # two workers and the scheduler
+    del pool
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before:
+        assert time.monotonic() < deadline, "the dropped pool's threads are still running"
+        time.sleep(0.05)

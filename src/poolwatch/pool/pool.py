@@ -267,6 +267,17 @@ class ConnectionPool(PoolUpkeep[CT]):
         if self._observer:
             self._observer.close()
 
+    def __del__(self) -> None:
+        # A sync pool dropped while open would leave its threads blocked for good: tell
+        # them to stop, without waiting (this may run in any thread, even a worker).
+        # An async pool's workers are tasks of its event loop, which ends them.
+        if self._ASYNC or not getattr(self, "_workers", None):
+            return
+        workers, self._workers = self._workers, []
+        for _ in workers:
+            self._tasks.put_nowait(StopWorker(self))
+        self._sched.enter(0, None)
+
     def __enter__(self) -> ConnectionPool[CT]:
         self._open_implicit = False
         self.open()
