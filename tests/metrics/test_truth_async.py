@@ -59,15 +59,17 @@ async def test_forced_waits_show_in_waits_total_and_the_wait_histogram(dsn):
             s = scrape(srv.url)
 
     labels = {"pool": "truth-waits", "outcome": "ok"}
-    assert len(measured) == waiters and min(measured) > 0.1
+    assert len(measured) == waiters and min(measured) > 0
     assert s.value("poolwatch_waits_total", pool="truth-waits") == waiters
     total = waiters + 1  # the holder's own acquisition did not wait
     assert s.value("poolwatch_acquire_seconds_count", **labels) == total
-    # Each forced wait lasted between 0.1 and 0.25 s by the test's own clock.
-    assert max(measured) < 0.25
-    assert s.bucket("poolwatch_acquire_seconds", "0.1", **labels) == total - waiters
-    assert s.bucket("poolwatch_acquire_seconds", "0.25", **labels) == total
-    # The pool times the wait from inside the test's window: a little less, never more.
+    # Bucket by bucket, the histogram holds what the test measured itself (the holder
+    # in the first bucket). The pool times each wait from inside the test's window, a
+    # little shorter; bounds within 5 ms of a measured wait are left out.
+    for le in ("0.00005", "0.001", "0.01", "0.05", "0.1", "0.25", "0.5", "1.0"):
+        if all(abs(w - float(le)) > 0.005 for w in measured):
+            expected = 1 + sum(w <= float(le) for w in measured)
+            assert s.bucket("poolwatch_acquire_seconds", repr(float(le)), **labels) == expected
     pool_sum = s.value("poolwatch_acquire_seconds_sum", **labels)
     assert sum(measured) - 0.02 * waiters <= pool_sum <= sum(measured)
 

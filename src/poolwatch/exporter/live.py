@@ -82,8 +82,11 @@ class LiveHistory:
             self._take()
 
     def _take(self) -> None:
+        # Stamp the sample with the middle of the read: on a busy machine reading the
+        # pools can take a while, and a late stamp would understate the rates.
+        before = time.monotonic()
         states = {s.pool: s for s in self.read_states()}
-        self.samples.append((time.monotonic(), states))
+        self.samples.append(((before + time.monotonic()) / 2, states))
 
     def view(self) -> dict[str, Any]:
         """Every pool now, with per-minute rates, the last minute's wait p95 and sparklines."""
