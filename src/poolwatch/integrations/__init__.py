@@ -1,0 +1,1 @@
+"""Integrations: SQLAlchemy, Django; each imports its framework only when used."""
