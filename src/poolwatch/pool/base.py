@@ -262,6 +262,8 @@ class BasePool:
         return self._observer.observers[0] if self._observer else None
 
     def __repr__(self) -> str:
+        if "_lock" not in self.__dict__:  # __init__ failed before the state existed
+            return f"<{type(self).__qualname__} (not initialised) at 0x{id(self):x}>"
         s = self.snapshot()
         state = "closed" if s.closed else "open"
         return (
