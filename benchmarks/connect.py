@@ -2,9 +2,9 @@
 
 "Connect per request" opens a connection (TCP, startup, SCRAM authentication), runs
 SELECT 1 and closes it, as code without a pool does. "Pooled" runs the same query on
-a poolwatch pool. The second run goes through `LatencyProxy` with 1 ms each way (a
-2 ms round trip, a same-region network), where every round trip of the handshake is
-paid again for each request.
+a poolwatch pool. The second run goes through the tests' `FaultProxy` set to add 1 ms
+each way (a 2 ms round trip, a same-region network), where every round trip of the
+handshake is paid again for each request.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import poolwatch
+from tests.faults.proxy import FaultProxy  # the fault tests' proxy, set to add latency
 
-from .latency_proxy import LatencyProxy
 from .peers import PsycopgStyle
 from .throughput import SQL, _threads
 
@@ -52,7 +52,8 @@ def measure(dsn: str, rounds: int) -> dict[str, dict[int, dict[str, list[float]]
     """network -> threads -> mode -> qps per round."""
     params: dict[str, Any] = conninfo_to_dict(dsn)
     out: dict[str, dict[int, dict[str, list[float]]]] = {}
-    with LatencyProxy(params["host"], int(params["port"]), ONE_WAY_DELAY) as proxy:
+    with FaultProxy(params["host"], int(params["port"])) as proxy:
+        proxy.latency = ONE_WAY_DELAY
         slow_dsn = make_conninfo(dsn, host="127.0.0.1", port=proxy.port)
         networks = {
             "loopback": (dsn, 150, 1500),

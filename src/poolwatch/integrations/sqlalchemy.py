@@ -194,21 +194,12 @@ class SQLAlchemyPool:
             self._read_server(dbapi_conn)
 
     def _read_server(self, dbapi_conn: Any) -> None:
+        from ..pool.base import SERVER_BUDGET_SQL, server_identity
+
         try:
-            info = dbapi_conn.info
-            version = info.server_version
-            self.server_identity = {
-                "host": info.host,
-                "port": str(info.port),
-                "dbname": info.dbname,
-                "application_name": info.parameter_status("application_name") or "",
-                "version": f"{version // 10000}.{version % 10000}",
-            }
+            self.server_identity = server_identity(dbapi_conn)
             cur = dbapi_conn.cursor()
-            cur.execute(
-                "SELECT current_setting('max_connections')::int"
-                " - current_setting('superuser_reserved_connections')::int"
-            )
+            cur.execute(SERVER_BUDGET_SQL)
             self.server_max_connections = int(cur.fetchone()[0])
             cur.close()
             dbapi_conn.rollback()

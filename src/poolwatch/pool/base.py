@@ -126,6 +126,30 @@ class Backoff:
         return self.give_up_at > 0.0 and now >= self.give_up_at
 
 
+#: What the server lets ordinary users open: the fleet budget the alerts compare with.
+SERVER_BUDGET_SQL = (
+    "SELECT current_setting('max_connections')::int"
+    " - current_setting('superuser_reserved_connections')::int"
+)
+
+
+def server_identity(conn: Any) -> dict[str, str]:
+    """host, port, dbname, application_name and server version of a psycopg connection.
+
+    Read from libpq's own state (no round trip): the values the connection really
+    used, whatever mix of conninfo, kwargs and environment chose them.
+    """
+    info = conn.info
+    version = info.server_version
+    return {
+        "host": info.host,
+        "port": str(info.port),
+        "dbname": info.dbname,
+        "application_name": info.parameter_status("application_name") or "",
+        "version": f"{version // 10000}.{version % 10000}",
+    }
+
+
 class BasePool:
     """What the async pool and its sync twin share: settings, state, bookkeeping.
 
@@ -615,18 +639,8 @@ class BasePool:
     # --- hooks the concrete pools provide ---
 
     def _note_server_identity(self, conn: Any) -> None:
-        # Read from libpq's own state (no round trip): the values the connection
-        # really used, whatever mix of conninfo, kwargs and environment chose them.
         try:
-            info = conn.info
-            version = info.server_version
-            self.server_identity = {
-                "host": info.host,
-                "port": str(info.port),
-                "dbname": info.dbname,
-                "application_name": info.parameter_status("application_name") or "",
-                "version": f"{version // 10000}.{version % 10000}",
-            }
+            self.server_identity = server_identity(conn)
         except Exception as ex:
             logger.debug("could not read the server identity in %r: %s", self.name, ex)
 

@@ -18,7 +18,7 @@ from psycopg.pq import TransactionStatus
 from .._acompat import CLIENT_EXCEPTIONS, Queue, ensure
 from ..abc import CT, ConnectFailedCB, ConnectionCB, ConninfoParam, KwargsParam
 from ._redact import redact, secrets_in
-from .base import Backoff, BasePool
+from .base import SERVER_BUDGET_SQL, Backoff, BasePool
 from .sched import Scheduler
 from .tasks import AddConnection, CloseConnection, MaintenanceTask, StopWorker
 
@@ -28,11 +28,6 @@ IDLE = TransactionStatus.IDLE
 INTRANS = TransactionStatus.INTRANS
 INERROR = TransactionStatus.INERROR
 UNKNOWN = TransactionStatus.UNKNOWN
-
-_SERVER_BUDGET_SQL = (
-    "SELECT current_setting('max_connections')::int"
-    " - current_setting('superuser_reserved_connections')::int"
-)
 
 
 class PoolUpkeep(Generic[CT], BasePool):
@@ -259,7 +254,7 @@ class PoolUpkeep(Generic[CT], BasePool):
         self._server_max_read = True
         self._note_server_identity(conn)
         try:
-            cur = conn.execute(_SERVER_BUDGET_SQL)
+            cur = conn.execute(SERVER_BUDGET_SQL)
             row = cur.fetchone()
             if row is not None:
                 self.server_max_connections = int(row[0])

@@ -17,7 +17,7 @@ from psycopg.pq import TransactionStatus
 from .._acompat import ACLIENT_EXCEPTIONS, AQueue, aensure
 from ..abc import ACT, AsyncConnectFailedCB, AsyncConnectionCB, AsyncConninfoParam, AsyncKwargsParam
 from ._redact import redact, secrets_in
-from .base import Backoff, BasePool
+from .base import SERVER_BUDGET_SQL, Backoff, BasePool
 from .sched_async import AsyncScheduler
 from .tasks_async import AddConnection, CloseConnection, MaintenanceTask, StopWorker
 
@@ -27,11 +27,6 @@ IDLE = TransactionStatus.IDLE
 INTRANS = TransactionStatus.INTRANS
 INERROR = TransactionStatus.INERROR
 UNKNOWN = TransactionStatus.UNKNOWN
-
-_SERVER_BUDGET_SQL = (
-    "SELECT current_setting('max_connections')::int"
-    " - current_setting('superuser_reserved_connections')::int"
-)
 
 
 class AsyncPoolUpkeep(Generic[ACT], BasePool):
@@ -258,7 +253,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
         self._server_max_read = True
         self._note_server_identity(conn)
         try:
-            cur = await conn.execute(_SERVER_BUDGET_SQL)
+            cur = await conn.execute(SERVER_BUDGET_SQL)
             row = await cur.fetchone()
             if row is not None:
                 self.server_max_connections = int(row[0])
