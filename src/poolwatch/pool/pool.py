@@ -586,7 +586,7 @@ class ConnectionPool(PoolUpkeep[CT]):
 
 
 class _Borrow(Generic[CT]):
-    """What `ConnectionPool.connection()` returns: a light async context manager."""
+    """What `ConnectionPool.connection()` returns: a light context manager (`with `)."""
 
     __slots__ = ("_conn", "_pool", "_timeout")
 

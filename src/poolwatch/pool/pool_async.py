@@ -587,7 +587,7 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
 
 
 class _AsyncBorrow(Generic[ACT]):
-    """What `AsyncConnectionPool.connection()` returns: a light async context manager."""
+    """What `AsyncConnectionPool.connection()` returns: a light context manager (`async with `)."""
 
     __slots__ = ("_conn", "_pool", "_timeout")
 
