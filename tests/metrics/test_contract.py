@@ -221,3 +221,15 @@ def test_long_configuration_values_are_bounded_and_kept_apart(dsn):
     for family in s.families.values():
         for sample in family.samples:
             assert all(len(v) <= 128 for v in sample.labels.values())
+
+
+def test_a_missing_multiprocess_directory_is_a_clear_error(dsn, monkeypatch, tmp_path):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    registry = CollectorRegistry()
+    with ConnectionPool(dsn, min_size=1, open=True) as pool:
+        with pytest.raises(FileNotFoundError, match="PROMETHEUS_MULTIPROC_DIR"):
+            register(pool, registry)
+        (tmp_path / "missing").mkdir()
+        collector = register(pool, registry)  # nothing was left half-registered
+        assert collector.multiprocess is not None
+        collector.multiprocess.stop()

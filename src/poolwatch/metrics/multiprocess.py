@@ -103,7 +103,15 @@ class MultiprocessLink:
                 target=self._run, name="poolwatch-multiprocess-writer", daemon=True
             )
             self._thread.start()
-            atexit.register(self.write)
+            atexit.register(self._write_at_exit)
+
+    def _write_at_exit(self) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            self.write()
+        except OSError as ex:  # the directory may be gone by now: nothing to keep
+            logger.debug("could not write the final pool state: %s", ex)
 
     def _run(self) -> None:
         while not self._stop.wait(WRITE_INTERVAL):

@@ -102,11 +102,12 @@ def collector_for(registry: CollectorRegistry | None = None) -> PoolCollector:
     with _collectors_lock:
         collector = _collectors.get(registry)
         if collector is None:
-            collector = _collectors[registry] = PoolCollector()
-            registry.register(collector)
+            collector = PoolCollector()
             directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-            if directory:
+            if directory:  # checked first: a bad directory leaves nothing half-registered
                 collector.multiprocess = MultiprocessLink(directory, collector)
+            registry.register(collector)
+            _collectors[registry] = collector
         return collector
 
 
