@@ -94,10 +94,19 @@ def prometheus_config(rules: Path, exporter_port: int, am_port: int) -> dict[str
 class Process:
     """A server process with its log kept for the failure message."""
 
-    def __init__(self, cmd: list[str], log: Path) -> None:
+    def __init__(
+        self,
+        cmd: list[str],
+        log: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.log_path = log
         self.log = log.open("w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
 
     def wait_http(self, url: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -15,11 +15,11 @@ from prometheus_client import CollectorRegistry
 
 from poolwatch import ConnectionPool, PoolTimeout
 from poolwatch.alerts import AlertSettings, render_rules
+from poolwatch.embedded import free_port
 from poolwatch.exporter import start_exporter
 
 from ..dashboards.panels import panel_queries
 from ..metrics.scrape import require_tool
-from ..metrics.test_multiprocess import free_port
 from .stack import (
     Process,
     WebhookReceiver,

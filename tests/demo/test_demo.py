@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..metrics.test_multiprocess import free_port
+from poolwatch.embedded import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -14,10 +14,9 @@ import psycopg
 import pytest
 
 from poolwatch import ConnectionPool
-from poolwatch.embedded import _server_user
+from poolwatch.embedded import _server_user, free_port
 
 from ..metrics.scrape import require_tool
-from ..metrics.test_multiprocess import free_port
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 

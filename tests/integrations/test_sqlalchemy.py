@@ -11,12 +11,12 @@ from sqlalchemy import text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from poolwatch import ConnectionPool
+from poolwatch.embedded import free_port
 from poolwatch.integrations.sqlalchemy import create_engine, instrument
 
 from ..alerts.stack import Process, prometheus_config, query
 from ..dashboards.panels import panel_queries
 from ..metrics.scrape import exporter, require_tool, scrape
-from ..metrics.test_multiprocess import free_port
 
 pytestmark = pytest.mark.db
 

@@ -13,11 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from poolwatch import ConnectionPool
+from poolwatch.embedded import free_port
 from poolwatch.metrics.multiprocess import MultiprocessLink
 from poolwatch.metrics.prometheus import PoolCollector
 
 from .scrape import Scrape
-from .test_multiprocess import free_port
 
 pytestmark = pytest.mark.db
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,18 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from poolwatch.embedded import free_port
+
+from ..alerts.stack import Process
 from .scrape import Scrape
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_SIZE = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -38,37 +33,20 @@ def gunicorn(dsn, tmp_path):
         "POOLWATCH_TEST_MAX_SIZE": str(MAX_SIZE),
         "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
     }
-    log = open(tmp_path / "gunicorn.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen(
+    proc = Process(
         [
             sys.executable, "-m", "gunicorn", "tests.metrics.mp_app:app",
             "--workers", "2", "--worker-class", "uvicorn_worker.UvicornWorker",
             "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5",
         ],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        tmp_path / "gunicorn.log", env=env, cwd=ROOT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"gunicorn did not start:\n{log.read()}")
-            time.sleep(0.1)
-        yield url, proc
+        proc.wait_http(url + "/readyz")
+        yield url, proc.proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+        proc.stop()
 
 
 def acquisitions(s: Scrape) -> float:
