@@ -17,7 +17,7 @@ from typing import Any
 
 from ..metrics.names import BY_KEY
 from ..metrics.state import HistogramValue, PoolState
-from ..metrics.views import quantile
+from ..metrics.views import acquire_total, errors_by_kind, quantile
 
 #: seconds of history kept, and the window of the per-minute figures
 KEEP_SECONDS = 300
@@ -26,24 +26,6 @@ WINDOW_SECONDS = 60
 
 def _scalar(state: PoolState, key: str, *labels: str) -> float:
     return state.scalars.get((key, labels), 0.0)
-
-
-def _errors_by_kind(state: PoolState) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for (key, labels), value in state.scalars.items():
-        if key == "errors":
-            out[labels[0]] = out.get(labels[0], 0.0) + value
-    return out
-
-
-def _acquire_total(state: PoolState) -> HistogramValue:
-    bounds = len(BY_KEY["acquire"].buckets) + 1
-    counts, total = [0] * bounds, 0.0
-    for (key, _), hist in state.histograms.items():
-        if key == "acquire":
-            counts = [a + b for a, b in zip(counts, hist.counts)]
-            total += hist.sum
-    return HistogramValue(counts, total)
 
 
 class LiveHistory:
@@ -115,16 +97,16 @@ class LiveHistory:
     ) -> dict[str, Any]:
         per_minute = 60.0 / elapsed if base is not None and elapsed > 0 else None
         waits_pm = errors_pm = p95 = None
-        errors_by_kind: dict[str, float] = {}
+        errors_pm_by_kind: dict[str, float] = {}
         if base is not None and per_minute is not None:
             waits_pm = (_scalar(state, "waits") - _scalar(base, "waits")) * per_minute
-            before = _errors_by_kind(base)
-            for kind, value in _errors_by_kind(state).items():
+            before = errors_by_kind(base)
+            for kind, value in errors_by_kind(state).items():
                 delta = value - before.get(kind, 0.0)
                 if delta > 0:
-                    errors_by_kind[kind] = delta * per_minute
-            errors_pm = sum(errors_by_kind.values())
-            now_h, then_h = _acquire_total(state), _acquire_total(base)
+                    errors_pm_by_kind[kind] = delta * per_minute
+            errors_pm = sum(errors_pm_by_kind.values())
+            now_h, then_h = acquire_total(state), acquire_total(base)
             delta_h = HistogramValue(
                 [a - b for a, b in zip(now_h.counts, then_h.counts)], now_h.sum - then_h.sum
             )
@@ -145,7 +127,7 @@ class LiveHistory:
             "waits_per_minute": waits_pm,
             "wait_p95_seconds": p95,
             "errors_per_minute": errors_pm,
-            "errors_per_minute_by_kind": errors_by_kind,
+            "errors_per_minute_by_kind": errors_pm_by_kind,
             "oldest_checkout_seconds": _scalar(state, "oldest_checkout"),
             "oldest_wait_seconds": _scalar(state, "oldest_wait"),
             "leaked": _scalar(state, "leaked"),

@@ -33,9 +33,20 @@ def quantile(q: float, hist: HistogramValue, bounds: tuple[float, ...]) -> float
     return bounds[-1]
 
 
-def _sum_histograms(hists: list[HistogramValue]) -> HistogramValue | None:
+def errors_by_kind(state: PoolState) -> dict[str, float]:
+    """Error events per kind, every SQLSTATE class added up."""
+    out: dict[str, float] = {}
+    for (key, labels), value in state.scalars.items():
+        if key == "errors":
+            out[labels[0]] = out.get(labels[0], 0.0) + value
+    return out
+
+
+def acquire_total(state: PoolState) -> HistogramValue:
+    """The acquire histogram over every outcome (empty if the pool has none)."""
+    hists = [h for (key, _), h in state.histograms.items() if key == "acquire"]
     if not hists:
-        return None
+        return HistogramValue([0] * (len(BY_KEY["acquire"].buckets) + 1), 0.0)
     counts = [sum(col) for col in zip(*(h.counts for h in hists))]
     return HistogramValue(counts, sum(h.sum for h in hists))
 
@@ -59,12 +70,8 @@ def pool_view(state: PoolState) -> dict[str, Any]:
     def scalar(key: str, *labels: str) -> float | None:
         return s.get((key, labels))
 
-    errors: dict[str, int] = {}
-    for (key, labels), value in s.items():
-        if key == "errors" and value:
-            errors[labels[0]] = errors.get(labels[0], 0) + int(value)
+    errors = {kind: int(n) for kind, n in errors_by_kind(state).items() if n}
     acquire_ok = state.histograms.get(("acquire", ("ok",)))
-    acquire_all = _sum_histograms([h for (k, _), h in state.histograms.items() if k == "acquire"])
     closes: dict[str, int] = {
         labels[0]: h.cumulative()[-1]
         for (key, labels), h in state.histograms.items()
@@ -86,7 +93,7 @@ def pool_view(state: PoolState) -> dict[str, Any]:
         "used_connection_seconds_total": scalar("used_seconds"),
         "waits_total": scalar("waits"),
         "acquire_seconds": _quantiles(acquire_ok, "acquire"),
-        "requests_total": acquire_all.cumulative()[-1] if acquire_all else 0,
+        "requests_total": acquire_total(state).cumulative()[-1],
         "use_seconds": _quantiles(state.histograms.get(("use", ())), "use"),
         "errors_total": errors,
         "closes_total": closes,
