@@ -29,6 +29,8 @@ from poolwatch.exporter.app import Exporter
 from poolwatch.metrics.prometheus import families
 from poolwatch.metrics.state import state_of
 
+from .throughput import _threads
+
 #: (threads = max_size, SELECT 1 per thread per round). One thread is the goal's case:
 #: with 4 threads on 2 cores the scheduler alone moves a round by a factor of 2-3.
 SHAPES = ((1, 8000), (4, 3000))
@@ -67,23 +69,14 @@ class Scraper:
 
 def select_round(pool: ConnectionPool, threads: int, ops: int) -> float:
     """SELECT 1 per second over *threads* threads, *ops* each."""
-    barrier = threading.Barrier(threads + 1)
 
-    def worker() -> None:
-        barrier.wait()
+    def work(i: int) -> None:
         connection = pool.connection
         for _ in range(ops):
             with connection() as conn:
                 conn.execute("SELECT 1")
 
-    workers = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in workers:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in workers:
-        t.join()
-    return threads * ops / (time.perf_counter() - t0)
+    return threads * ops / _threads(threads, work)
 
 
 def throughput(dsn: str, rounds: int, threads: int, ops: int) -> dict[str, list[float]]:

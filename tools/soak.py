@@ -29,7 +29,7 @@ import psycopg
 
 from poolwatch import ConnectionPool, PoolTimeout
 from poolwatch.embedded import Cluster, create_cluster
-from tests.faults.invariants import at_rest_violations, instant_violations
+from tests.faults.invariants import at_rest, at_rest_violations, instant_violations
 
 APP = "poolwatch-soak"
 
@@ -128,12 +128,7 @@ class Soak:
                 self.record(["a worker did not pause within 10 s (a hung request?)"])
                 break
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with self.pool._lock:
-                busy = self.pool._nconns - len(self.pool._idle) - len(self.pool._out)
-                busy += self.pool._transit
-            if busy == 0:
-                break
+        while not at_rest(self.pool) and time.monotonic() < deadline:
             time.sleep(0.02)
         self.record(at_rest_violations(self.pool, [], sum(self.requests)))
         self.pause.clear()

@@ -9,6 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 
+def at_rest(pool: Any) -> bool:
+    """Nothing being opened, and nothing being checked or reset outside the checkouts."""
+    with pool._lock:
+        opening = pool._nconns - len(pool._idle) - pool._used
+        return opening == 0 and pool._transit == 0
+
+
 def instant_violations(pool: Any, held: list[Any]) -> list[str]:
     """Invariants true at any moment."""
     out = []

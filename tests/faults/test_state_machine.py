@@ -21,7 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from poolwatch import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from .invariants import at_rest_violations, instant_violations
+from .invariants import at_rest, at_rest_violations, instant_violations
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -58,12 +58,7 @@ class Driver:
     def settle(self, timeout: float = 10.0) -> None:
         """Let the background workers finish: nothing opening, checking or resetting."""
         deadline = time.monotonic() + timeout
-        while True:
-            with self.pool._lock:
-                busy = self.pool._nconns - len(self.pool._idle) - len(self.pool._out)
-                busy += self.pool._transit
-            if busy == 0 or time.monotonic() > deadline:
-                return
+        while not at_rest(self.pool) and time.monotonic() < deadline:
             if self.is_async:
                 self.loop.run_until_complete(asyncio.sleep(0.01))
             else:
