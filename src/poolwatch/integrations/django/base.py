@@ -52,7 +52,8 @@ class DatabaseWrapper(PostgresWrapper):  # type: ignore[misc]
         return pools[self.alias]
 
     def _close(self) -> None:
-        if self.connection is not None and _inherited(getattr(self.connection, "_pool", None)):
+        conn = getattr(self, "connection", None)  # Django's class is not typed
+        if conn is not None and _inherited(getattr(conn, "_pool", None)):
             # The parent's connection, inherited across fork(): returning it would fail
             # and closing it would end the parent's session. Just forget it (psycopg
             # never closes a connection that another process opened).
