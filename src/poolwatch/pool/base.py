@@ -207,7 +207,9 @@ class BasePool:
         # Checkouts take the leftmost idle connection. Returns join on the right (FIFO,
         # psycopg_pool's order: every connection is used in turn) or, with use_lifo, on
         # the left (the warmest one is reused and surplus ones can idle out).
-        self.use_lifo = bool(use_lifo)
+        if not isinstance(use_lifo, bool):
+            raise PoolConfigError(f"use_lifo must be True or False, got {use_lifo!r}")
+        self.use_lifo = use_lifo
         self._idle: deque[Any] = deque()
         self._idle_put = self._idle.appendleft if self.use_lifo else self._idle.append
         self._out: dict[Any, float] = {}  # checked-out connection -> checkout time
