@@ -78,3 +78,21 @@ def test_every_documented_difference_still_shows():
         pytest.skip("needs every side-by-side run to have passed first, in this session")
     stale = [p for p in documented_patterns() if p not in _seen]
     assert stale == [], "README documents differences the side-by-side test no longer sees"
+
+
+def test_scenarios_call_every_public_method():
+    """Each public method and property of psycopg_pool's pools appears in the scripts."""
+    import inspect as _inspect
+
+    from . import scenarios, sidebyside
+
+    text = _inspect.getsource(scenarios) + _inspect.getsource(sidebyside)
+    names = {
+        n
+        for cls in (psycopg_pool.ConnectionPool, psycopg_pool.NullConnectionPool)
+        for n, _ in _inspect.getmembers(cls)
+        if not n.startswith("_")
+    }
+    names -= {"worker", "run_task", "schedule_task"}  # psycopg_pool's internals, public by name
+    missing = sorted(n for n in names if f".{n}" not in text and f"{n}=" not in text)
+    assert missing == []
