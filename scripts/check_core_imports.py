@@ -16,6 +16,9 @@ CORE = {
     "psycopg_c",
     "prometheus_client",
     "typing_extensions",
+    # Optional: imported only when installed, so that poolwatch's errors also derive from
+    # psycopg_pool's (see poolwatch/errors.py); a plain install works without it.
+    "psycopg_pool",
 }
 
 PROBE = """

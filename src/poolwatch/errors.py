@@ -1,4 +1,10 @@
-"""Exceptions raised by poolwatch pools; all of them are psycopg OperationalErrors."""
+"""Exceptions raised by poolwatch pools; all of them are psycopg OperationalErrors.
+
+When psycopg_pool is installed, `PoolTimeout`, `PoolClosed` and `TooManyRequests` also
+derive from psycopg_pool's classes of the same name: code written for psycopg_pool
+(``except psycopg_pool.PoolTimeout``, Django's own tests, a middleware answering 503)
+keeps catching them after the switch. Without psycopg_pool nothing changes.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,16 @@ from psycopg import errors as e
 
 if TYPE_CHECKING:
     from .observe import PoolSnapshot
+
+
+def _psycopg_pool_base(name: str) -> tuple[type[Exception], ...]:
+    """psycopg_pool's error class *name* as an extra base, or nothing if it is absent."""
+    try:
+        from psycopg_pool import errors as theirs
+    except ImportError:
+        return ()
+    base = getattr(theirs, name, None)
+    return (base,) if isinstance(base, type) and issubclass(base, Exception) else ()
 
 
 class PoolError(e.OperationalError):
@@ -27,13 +43,13 @@ class PoolError(e.OperationalError):
         self.snapshot = snapshot
 
 
-class PoolClosed(PoolError):
+class PoolClosed(PoolError, *_psycopg_pool_base("PoolClosed")):  # type: ignore[misc]
     """The pool is closed (or not open yet), or it was inherited across `fork()`."""
 
     __module__ = "poolwatch"
 
 
-class PoolTimeout(PoolError):
+class PoolTimeout(PoolError, *_psycopg_pool_base("PoolTimeout")):  # type: ignore[misc]
     """No connection could be handed out within the timeout.
 
     The message and `snapshot` carry the pool's state; if the pool could not open
@@ -43,7 +59,7 @@ class PoolTimeout(PoolError):
     __module__ = "poolwatch"
 
 
-class TooManyRequests(PoolError):
+class TooManyRequests(PoolError, *_psycopg_pool_base("TooManyRequests")):  # type: ignore[misc]
     """The queue of waiting requests is full (see ``max_waiting``)."""
 
     __module__ = "poolwatch"

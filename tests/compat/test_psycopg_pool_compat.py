@@ -25,7 +25,7 @@ CLASS_NAMES = [
     "AsyncNullConnectionPool",
 ]
 ERROR_NAMES = ["PoolTimeout", "PoolClosed", "TooManyRequests"]
-EXTRA_PARAMETERS = {"leak_timeout", "observer", "unknown"}
+EXTRA_PARAMETERS = {"leak_timeout", "observer", "use_lifo", "unknown"}
 
 
 def test_every_public_name_exists():

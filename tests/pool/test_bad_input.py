@@ -41,6 +41,7 @@ CLASSES = [ConnectionPool, AsyncConnectionPool]
         ({"max_idle": 0}, "max_idle must be"),
         ({"reconnect_timeout": -5}, "reconnect_timeout must be"),
         ({"max_waiting": -1}, "max_waiting must be >= 0"),
+        ({"use_lifo": "yes"}, "use_lifo must be True or False"),
         ({"num_workers": 0}, "num_workers must be >= 1"),
         ({"leak_timeout": 0}, "leak_timeout must be"),
     ],

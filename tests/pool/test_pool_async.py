@@ -165,13 +165,24 @@ async def test_connection_context_commits_and_rolls_back(dsn):
 
 
 async def test_lifo_reuse_keeps_one_connection_warm(dsn):
-    async with AsyncConnectionPool(dsn, min_size=3) as pool:
+    async with AsyncConnectionPool(dsn, min_size=3, use_lifo=True) as pool:
         await pool.wait()
         pids = set()
         for _ in range(5):
             async with pool.connection() as conn:
                 pids.add(conn.info.backend_pid)
         assert len(pids) == 1
+
+
+async def test_fifo_by_default_uses_every_connection_in_turn(dsn):
+    async with AsyncConnectionPool(dsn, min_size=3) as pool:
+        await pool.wait()
+        pids = []
+        for _ in range(6):
+            async with pool.connection() as conn:
+                pids.append(conn.info.backend_pid)
+        assert len(set(pids)) == 3
+        assert pids[3:] == pids[:3]  # the same round again, in the same order
 
 
 async def test_putconn_foreign_or_twice(dsn):

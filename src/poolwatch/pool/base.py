@@ -17,6 +17,8 @@ from time import monotonic
 from types import FrameType
 from typing import Any, ClassVar
 
+from psycopg.pq import TransactionStatus
+
 from ..errors import PoolClosed, PoolConfigError, PoolTimeout, TooManyRequests
 from ..observe import MultiObserver, PoolAggregates, PoolObserver, PoolSnapshot
 from ._redact import connect_error_class
@@ -179,6 +181,7 @@ class BasePool:
         num_workers: int,
         leak_timeout: float | None,
         observer: PoolObserver | None,
+        use_lifo: bool = False,
     ) -> None:
         min_size, max_size = self._check_size(min_size, max_size)
         self.name = name if name else f"pool-{next(BasePool._names)}"
@@ -201,7 +204,14 @@ class BasePool:
         self._min_size = min_size
         self._max_size = max_size
         self._lock = threading.Lock()
-        self._idle: deque[Any] = deque()  # LIFO: the warmest connection is handed out first
+        # Checkouts take the leftmost idle connection. Returns join on the right (FIFO,
+        # psycopg_pool's order: every connection is used in turn) or, with use_lifo, on
+        # the left (the warmest one is reused and surplus ones can idle out).
+        if not isinstance(use_lifo, bool):
+            raise PoolConfigError(f"use_lifo must be True or False, got {use_lifo!r}")
+        self.use_lifo = use_lifo
+        self._idle: deque[Any] = deque()
+        self._idle_put = self._idle.appendleft if self.use_lifo else self._idle.append
         self._out: dict[Any, float] = {}  # checked-out connection -> checkout time
         self._waiting: deque[Any] = deque()  # Waiter/AWaiter, FIFO
         self._nconns = min_size  # alive or being opened
@@ -417,7 +427,7 @@ class BasePool:
         """Pop a usable idle connection, or return None; retire expired ones on the way."""
         idle = self._idle
         while idle:
-            conn = idle.pop()
+            conn = idle.popleft()
             if len(idle) < self._nconns_min:
                 self._nconns_min = len(idle)
             if conn._expire_at > now:
@@ -490,7 +500,7 @@ class BasePool:
                 conn._pool = self
                 return True
         conn._pool = None
-        self._idle.append(conn)
+        self._idle_put(conn)
         self._on_idle_added_locked()
         return True
 
@@ -649,6 +659,22 @@ class BasePool:
 
     def _register_open(self) -> None:
         _open_pools.add(self)
+
+    def _closes_returns_locked(self) -> bool:
+        """True if a connection given back is to be closed as it is, without a reset.
+
+        Null pools close what nobody waits for, as psycopg_pool's do: rolling back or
+        resetting a connection about to be closed would be wasted (and logged).
+        """
+        return False
+
+    def _drop_returned_locked(self, conn: Any, now: float) -> None:
+        """Count a returned connection that is closed without being reset."""
+        if conn.pgconn.transaction_status == TransactionStatus.UNKNOWN:
+            self._agg.returns_bad += 1
+            self._count_error_locked("broken")
+        self._count_closed_locked(conn, "close", now)
+        self._nconns -= 1
 
     def _reserve_new_locked(self) -> bool:
         """Null pools open a connection per request: reserve room for one if allowed."""

@@ -53,6 +53,7 @@ class NullConnectionPool(ConnectionPool[CT]):
         num_workers: int = 3,
         leak_timeout: float | None = None,
         observer: PoolObserver | None = None,
+        use_lifo: bool = False,
         **unknown: NoReturn,
     ) -> None:
         super().__init__(
@@ -76,6 +77,7 @@ class NullConnectionPool(ConnectionPool[CT]):
             num_workers=num_workers,
             leak_timeout=leak_timeout,
             observer=observer,
+            use_lifo=use_lifo,  # accepted for symmetry: a null pool keeps no idle connection
             **unknown,
         )
 
@@ -112,6 +114,9 @@ class NullConnectionPool(ConnectionPool[CT]):
                 return True
         return False
 
+    def _closes_returns_locked(self) -> bool:
+        return self._closed or not self._waiting
+
     def _discard_reason_locked(self, conn: Any, now: float) -> str | None:
         return "close" if self._closed else None
 
@@ -132,6 +137,7 @@ class NullConnectionPool(ConnectionPool[CT]):
                 conn = self._connect(timeout=max(0.001, deadline - monotonic()))
                 break
             except Exception as ex:
+                logger.warning("error connecting in %r: %s", self.name, ex)
                 now = monotonic()
                 backoff.update_delay(now)
                 if now >= deadline or backoff.time_to_give_up(now):

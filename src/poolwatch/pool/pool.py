@@ -52,7 +52,13 @@ class ConnectionPool(PoolUpkeep[CT]):
 
     Parameters and defaults are psycopg_pool 3.3's; poolwatch adds *leak_timeout*
     (seconds a checkout may last before it is reported as a suspected leak, off by
-    default) and *observer* (a `PoolObserver` receiving every event).
+    default), *observer* (a `PoolObserver` receiving every event) and *use_lifo*.
+
+    Idle connections are handed out first in, first out, as psycopg_pool does: every
+    connection is used in turn, so none sits idle long enough for a firewall or NAT
+    to drop it. With ``use_lifo=True`` the most recently returned one is reused first:
+    its caches are warm, and connections beyond what the load needs stay idle long
+    enough for ``max_idle`` to close them.
 
     Example::
 
@@ -90,6 +96,7 @@ class ConnectionPool(PoolUpkeep[CT]):
         num_workers: int = 3,
         leak_timeout: float | None = None,
         observer: PoolObserver | None = None,
+        use_lifo: bool = False,
         **unknown: NoReturn,
     ) -> None:
         reject_unknown_arguments(type(self).__name__, unknown, _ARGUMENTS)
@@ -130,6 +137,7 @@ class ConnectionPool(PoolUpkeep[CT]):
             num_workers=num_workers,
             leak_timeout=leak_timeout,
             observer=observer,
+            use_lifo=use_lifo,
         )
         if self._ASYNC and open:
             self._warn_open_in_constructor()
@@ -334,8 +342,8 @@ class ConnectionPool(PoolUpkeep[CT]):
         try:
             now = monotonic()
             idle = self._idle
-            if idle and self._fast_checkout and idle[-1]._expire_at > now:
-                conn = idle.pop()
+            if idle and self._fast_checkout and idle[0]._expire_at > now:
+                conn = idle.popleft()
                 if len(idle) < self._nconns_min:
                     self._nconns_min = len(idle)
                 self._out[conn] = now
@@ -560,7 +568,7 @@ class ConnectionPool(PoolUpkeep[CT]):
                     hist.sum += use
                     self._done_area += use
                     conn._pool = None
-                    self._idle.append(conn)
+                    self._idle_put(conn)
                     if self._pool_full_event is not None:
                         self._on_idle_added_locked()
                     return
@@ -575,9 +583,17 @@ class ConnectionPool(PoolUpkeep[CT]):
                 self._close_connection(conn)
             return
         with self._lock:
-            use = self._checkin_locked(conn, monotonic(), still_used=True)
+            now = monotonic()
+            close_now = self._closes_returns_locked()
+            use = self._checkin_locked(conn, now, still_used=not close_now)
+            if close_now:
+                self._drop_returned_locked(conn, now)
         if self._observer:
             self._observer.on_release(use)
+        if close_now:
+            self._close_connection(conn)
+            self._flush_notifications()
+            return
         if self._reset is not None and not self._closed:
             self.run_task(ReturnConnection(self, conn))
         else:
@@ -664,4 +680,5 @@ _ARGUMENTS = [
     "num_workers",
     "leak_timeout",
     "observer",
+    "use_lifo",
 ]

@@ -54,14 +54,15 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
             await self._close_connection(conn)
 
     async def _reset_connection(self, conn: Any) -> str | None:
-        """Roll back and run ``reset``; return why the connection must go, or None."""
+        """Roll back and run ``reset``; return why the connection must go, or None.
+
+        The WARNING records follow psycopg_pool's, which programs and tests count: a
+        connection that cannot be brought back is closed at once, the ``reset``
+        callback still runs, and a connection found closed at the end is reported
+        ("discarding closed connection") and counted in ``returns_bad``.
+        """
         status = conn.pgconn.transaction_status
-        if status == UNKNOWN:
-            logger.warning("discarding closed connection: %s", conn)
-            with self._lock:
-                self._agg.returns_bad += 1
-                self._count_error_locked("broken")
-            return "broken"
+        reason: str | None = "broken" if status == UNKNOWN else None
         if status in (INTRANS, INERROR):
             logger.warning("rolling back returned connection: %s", conn)
             with self._lock:
@@ -72,23 +73,34 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
                 logger.warning(
                     "rollback failed: %s: %s. Discarding connection %s", type(ex).__name__, ex, conn
                 )
-                with self._lock:
-                    self._count_error_locked("reset_failed")
-                return "broken" if conn.closed else "reset_failed"
-        elif status != IDLE:
+                reason = "broken" if conn.closed else "reset_failed"
+                await self._discard_on_return(conn)
+        elif status not in (IDLE, UNKNOWN):
             logger.warning("closing returned connection: %s", conn)
-            with self._lock:
-                self._count_error_locked("reset_failed")
-            return "reset_failed"
-        if self._reset is not None:
+            reason = "reset_failed"
+            await self._discard_on_return(conn)
+        if self._reset is not None and status != UNKNOWN:
+            # Called even on a connection just closed above, as psycopg_pool does.
             try:
                 await self._run_callback("reset", self._reset, conn)
             except ACLIENT_EXCEPTIONS as ex:
                 logger.warning("error resetting connection: %s", ex)
-                with self._lock:
-                    self._count_error_locked("reset_failed")
-                return "reset_failed"
-        return None
+                if reason is None:
+                    reason = "reset_failed"
+                    await self._discard_on_return(conn)
+        if conn.pgconn.transaction_status == UNKNOWN:
+            logger.warning("discarding closed connection: %s", conn)
+            with self._lock:
+                self._agg.returns_bad += 1
+                if status == UNKNOWN:
+                    self._count_error_locked("broken")
+        return reason
+
+    async def _discard_on_return(self, conn: Any) -> None:
+        """Count and close a returned connection that cannot be brought back."""
+        with self._lock:
+            self._count_error_locked("reset_failed")
+        await self._close_connection(conn)
 
     @staticmethod
     async def _run_callback(what: str, callback: AsyncConnectionCB[ACT], conn: Any) -> None:
@@ -315,7 +327,8 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
             nconns_min, self._nconns_min = self._nconns_min, len(self._idle)
             if not (self._nconns > self._min_size and nconns_min > 0 and self._idle):
                 return
-            conn = self._idle.popleft()  # the least recently used
+            # The least recently used: the next one out (FIFO), or the last one (LIFO).
+            conn = self._idle.pop() if self.use_lifo else self._idle.popleft()
             self._nconns_min -= 1
             self._retire_locked(conn, "max_idle", monotonic(), replace=False)
             size = self._nconns
