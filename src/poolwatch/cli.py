@@ -106,6 +106,9 @@ def _dashboards(args: argparse.Namespace) -> int:
         return 2
     from .dashboards.build import dashboard_json
 
+    if args.out == "-":
+        sys.stdout.write(dashboard_json())
+        return 0
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "poolwatch.json")
     with open(path, "w") as f:
@@ -208,7 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--pool-size", type=int, default=10, help="the pool's max_size (default: %(default)s)"
     )
     demo.add_argument("--host", default="127.0.0.1", help="exporter address (default: %(default)s)")
-    demo.add_argument("--port", type=int, default=8000, help="exporter port (default: %(default)s)")
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="port of the exporter and status page (default: %(default)s)",
+    )
     demo.add_argument(
         "--with-prometheus",
         action="store_true",
@@ -218,14 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--prometheus-port",
         type=int,
-        default=9090,
-        help="with --with-prometheus: Prometheus' port (default: %(default)s)",
+        help="with --with-prometheus: Prometheus' port (default: 9090, or a free port if"
+        " 9090 is taken)",
     )
     demo.add_argument(
         "--alertmanager-port",
         type=int,
-        default=9093,
-        help="with --with-prometheus: Alertmanager's port (default: %(default)s)",
+        help="with --with-prometheus: Alertmanager's port (default: 9093, or a free port if"
+        " 9093 is taken)",
     )
     demo.set_defaults(run=_demo)
 
@@ -273,7 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     alerts.add_argument(
-        "--out", default="alerts", metavar="DIR", help="directory to write to, or - for stdout"
+        "--out",
+        default="alerts",
+        metavar="DIR",
+        help="directory to write poolwatch.rules.yml to, or - for stdout"
+        " (default: alerts/poolwatch.rules.yml under the current directory)",
     )
     alerts.add_argument(
         "--set",
@@ -290,7 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate the Grafana dashboard JSON",
         description="Write poolwatch.json, the Grafana dashboard (grafana-foundation-sdk).",
     )
-    boards.add_argument("--out", default="dashboards", metavar="DIR", help="directory to write to")
+    boards.add_argument(
+        "--out",
+        default="dashboards",
+        metavar="DIR",
+        help="directory to write poolwatch.json to, or - for stdout"
+        " (default: dashboards/poolwatch.json under the current directory)",
+    )
     boards.set_defaults(run=_dashboards)
     return parser
 
