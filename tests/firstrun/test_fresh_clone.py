@@ -111,6 +111,7 @@ def test_fresh_clone_demo_answers_then_stops_cleanly(tmp_path: Path):
             assert not Path(datadir).exists()
             left = subprocess.run(["pgrep", "-f", datadir], capture_output=True, text=True)
             assert left.stdout.strip() == "", f"processes left behind: {left.stdout}"
+            assert "apt-get" not in output, "system packages touched without --with-prometheus"
             if run == "first":
                 assert "installing poolwatch[demo]" in output  # it said what it was doing
             else:
