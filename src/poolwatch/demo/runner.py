@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from ..embedded import ClusterError
 from ..pool import AsyncConnectionPool
 from .ports import PortInUse, StartError, choose_port, listen_socket
 from .scenarios import ORDER, SCENARIOS, Effects, Load, Scenario
@@ -156,7 +157,11 @@ async def run(options: DemoOptions, out: Output) -> int:
     # Ports first: a taken one is reported before a database is started for nothing.
     sock = listen_socket(options.host, options.port, "--port")
     if options.with_prometheus:
-        _choose_stack_ports(options, out)
+        try:
+            _choose_stack_ports(options, out)
+        except PortInUse:
+            sock.close()
+            raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -269,6 +274,6 @@ def main(options: DemoOptions) -> int:
     except PortInUse as ex:
         print(f"poolwatch demo: {ex}", file=sys.stderr)
         return 2
-    except (OSError, StartError) as ex:
+    except (OSError, StartError, ClusterError) as ex:
         print(f"poolwatch demo: {ex}", file=sys.stderr)
         return 1
