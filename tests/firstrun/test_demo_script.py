@@ -98,3 +98,13 @@ def test_a_sound_dpkg_goes_on_to_apt_get_in_the_foreground(tmp_path: Path):
     assert "dpkg --configure -a" not in out.stderr, out.stderr
     assert apt_calls.read_text().splitlines()[0] == "update", out.stderr
     assert out.returncode != 0  # the recording apt-get fails, and the script stops there
+
+
+def test_help_on_a_fresh_clone_says_what_it_installs_and_installs_nothing(tmp_path: Path):
+    (tmp_path / "scripts").mkdir()
+    shutil.copy2(ROOT / "scripts" / "demo", tmp_path / "scripts" / "demo")
+    out = subprocess.run([str(tmp_path / "scripts" / "demo"), "--help"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "poolwatch[demo]" in out.stdout and "--with-prometheus" in out.stdout
+    assert not (tmp_path / ".venv").exists()
