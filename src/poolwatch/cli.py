@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -12,8 +13,32 @@ DEFAULT_PORT = 9187
 _SCENARIOS = ("steady", "spike", "slow-queries", "leak", "storm", "outage")
 TOKEN_ENV = "POOLWATCH_TOKEN"
 
+# What each optional extra provides, as the modules a command imports (see pyproject.toml).
+EXPORTER_MODULES = ("fastapi", "uvicorn")
+YAML_MODULES = ("yaml",)
+DASHBOARD_MODULES = ("grafana_foundation_sdk",)
+
+
+def _missing_extra(command: str, extra: str, modules: Sequence[str], note: str = "") -> bool:
+    """Say which extra *command* needs if one of *modules* is not installed.
+
+    Checked before the command does anything, so that a plain `pip install poolwatch`
+    gets one line and exit code 2 instead of a traceback halfway through.
+    """
+    absent = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not absent:
+        return False
+    print(
+        f"poolwatch {command} needs the {extra} extra ({', '.join(absent)} not installed):"
+        f" pip install 'poolwatch[{extra}]'{note}",
+        file=sys.stderr,
+    )
+    return True
+
 
 def _serve(args: argparse.Namespace) -> int:
+    if _missing_extra("serve", "exporter", EXPORTER_MODULES):
+        return 2
     directory = args.multiproc_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:
         print(
@@ -49,14 +74,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _alerts(args: argparse.Namespace) -> int:
-    try:
-        from .alerts.rules import AlertSettings, render_rules
-        from .alerts.settings import apply_overrides
-    except ImportError as ex:
-        print(
-            f"poolwatch alerts needs PyYAML ({ex}): pip install 'poolwatch[tools]'", file=sys.stderr
-        )
-        return 2
+    from .alerts.rules import AlertSettings, render_rules
+    from .alerts.settings import apply_overrides
+
+    if not args.list and _missing_extra("alerts", "tools", YAML_MODULES):
+        return 2  # --list needs no YAML
     if args.list:
         defaults = AlertSettings()
         for name in AlertSettings.names():
@@ -80,15 +102,13 @@ def _alerts(args: argparse.Namespace) -> int:
 
 
 def _dashboards(args: argparse.Namespace) -> int:
-    try:
-        from .dashboards.build import dashboard_json
-    except ImportError as ex:
-        print(
-            f"poolwatch dashboards needs grafana-foundation-sdk ({ex.name} is missing):"
-            " pip install 'poolwatch[tools]' (Python >= 3.11)",
-            file=sys.stderr,
-        )
+    if _missing_extra("dashboards", "tools", DASHBOARD_MODULES, " (Python >= 3.11)"):
         return 2
+    from .dashboards.build import dashboard_json
+
+    if args.out == "-":
+        sys.stdout.write(dashboard_json())
+        return 0
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "poolwatch.json")
     with open(path, "w") as f:
@@ -97,16 +117,30 @@ def _dashboards(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo_dependencies_missing(args: argparse.Namespace) -> bool:
+    modules = list(EXPORTER_MODULES)
+    if args.with_prometheus:
+        modules += YAML_MODULES
+    if _missing_extra("demo", "demo", modules):
+        return True
+    if args.dsn or os.environ.get("POOLWATCH_DSN"):
+        return False
+    from .embedded import ClusterError, find_bindir
+
     try:
-        from .demo.runner import DemoOptions, main
-    except ImportError as ex:
-        print(
-            f"poolwatch demo needs the demo extra ({ex.name} is missing):"
-            " pip install 'poolwatch[demo]'",
-            file=sys.stderr,
+        find_bindir()  # the machine's PostgreSQL, or the one in the pgserver wheel
+    except ClusterError:
+        return _missing_extra(
+            "demo", "demo", ["pgserver"], ", install PostgreSQL, or pass --dsn to use a running one"
         )
+    return False
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if _demo_dependencies_missing(args):
         return 2
+    from .demo.runner import DemoOptions, main
+
     if args.workers < 1 or args.pool_size < 1:
         print("poolwatch demo: --workers and --pool-size must be at least 1", file=sys.stderr)
         return 2
@@ -177,7 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--pool-size", type=int, default=10, help="the pool's max_size (default: %(default)s)"
     )
     demo.add_argument("--host", default="127.0.0.1", help="exporter address (default: %(default)s)")
-    demo.add_argument("--port", type=int, default=8000, help="exporter port (default: %(default)s)")
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="port of the exporter and status page (default: %(default)s)",
+    )
     demo.add_argument(
         "--with-prometheus",
         action="store_true",
@@ -187,14 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--prometheus-port",
         type=int,
-        default=9090,
-        help="with --with-prometheus: Prometheus' port (default: %(default)s)",
+        help="with --with-prometheus: Prometheus' port (default: 9090, or a free port if"
+        " 9090 is taken)",
     )
     demo.add_argument(
         "--alertmanager-port",
         type=int,
-        default=9093,
-        help="with --with-prometheus: Alertmanager's port (default: %(default)s)",
+        help="with --with-prometheus: Alertmanager's port (default: 9093, or a free port if"
+        " 9093 is taken)",
     )
     demo.set_defaults(run=_demo)
 
@@ -242,7 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     alerts.add_argument(
-        "--out", default="alerts", metavar="DIR", help="directory to write to, or - for stdout"
+        "--out",
+        default="alerts",
+        metavar="DIR",
+        help="directory to write poolwatch.rules.yml to, or - for stdout"
+        " (default: alerts/poolwatch.rules.yml under the current directory)",
     )
     alerts.add_argument(
         "--set",
@@ -259,7 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate the Grafana dashboard JSON",
         description="Write poolwatch.json, the Grafana dashboard (grafana-foundation-sdk).",
     )
-    boards.add_argument("--out", default="dashboards", metavar="DIR", help="directory to write to")
+    boards.add_argument(
+        "--out",
+        default="dashboards",
+        metavar="DIR",
+        help="directory to write poolwatch.json to, or - for stdout"
+        " (default: dashboards/poolwatch.json under the current directory)",
+    )
     boards.set_defaults(run=_dashboards)
     return parser
 

@@ -64,9 +64,10 @@ def test_demo_spike_on_embedded_postgres_then_sigterm():
                              "--workers", "4", "--pool-size", "4",
                              POOLWATCH_PG_BINDIR=pgserver_bindir())  # fmt: skip
     try:
+        # the page first: it answers while PostgreSQL starts
+        read_until(proc, lines, rf"status page\s+http://127\.0\.0\.1:{port}/", 60)
         up = read_until(proc, lines, r"PostgreSQL is up", 90)
         datadir = up.rsplit("(data in ", 1)[1].rstrip(")\n")
-        read_until(proc, lines, rf"status page\s+http://127\.0\.0\.1:{port}/", 30)
         read_until(proc, lines, r"scenario spike", 10)
         read_until(proc, lines, r"\[spike", 10)  # the progress line
         deadline = time.monotonic() + 20
@@ -122,6 +123,8 @@ def test_demo_with_prometheus_prints_alerts_as_they_fire():
     )  # fmt: skip
     try:
         read_until(proc, lines, rf"prometheus\s+http://127\.0\.0\.1:{prom}/", 90)
+        for p in (prom, am):  # announced, so answering
+            assert httpx.get(f"http://127.0.0.1:{p}/-/ready", timeout=5).status_code == 200
         alert = read_until(proc, lines, r"ALERT firing\s+PoolWaitNonZero pool=demo", 60)
         assert "(warning)" in alert
     finally:

@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from ..embedded import ClusterError
 from ..pool import AsyncConnectionPool
+from .ports import PortInUse, StartError, choose_port, listen_socket
 from .scenarios import ORDER, SCENARIOS, Effects, Load, Scenario
 
 APP_NAME = "poolwatch-demo"
@@ -35,8 +38,9 @@ class DemoOptions:
     workers: int = 8
     pool_size: int = 10
     with_prometheus: bool = False
-    prometheus_port: int = 9090
-    alertmanager_port: int = 9093
+    #: None: 9090 and 9093, or free ports if those are taken
+    prometheus_port: int | None = None
+    alertmanager_port: int | None = None
 
 
 class Output:
@@ -97,7 +101,7 @@ def progress_line(scenario: Scenario, view: dict[str, Any]) -> str:
 class _Server:
     """uvicorn without its own signal handling: the demo owns SIGINT and SIGTERM."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, sock: socket.socket) -> None:
         import uvicorn
 
         class Quiet(uvicorn.Server):
@@ -108,11 +112,12 @@ class _Server:
             def install_signal_handlers(self) -> None:  # older uvicorn
                 pass
 
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        config = uvicorn.Config(app, log_level="warning", lifespan="off")
         self.server = Quiet(config)
+        self.sock = sock
 
     async def start(self) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(self.server.serve())
+        task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[self.sock]))
         while not self.server.started:
             if task.done():
                 task.result()  # raises what stopped it
@@ -124,9 +129,39 @@ class _Server:
         self.server.should_exit = True
 
 
-async def run(options: DemoOptions, out: Output) -> int:
-    from ..embedded import create_cluster
+def _choose_stack_ports(options: DemoOptions, out: Output) -> None:
+    """Settle Prometheus' and Alertmanager's ports before anything starts."""
+    for attr, default, flag in (
+        ("prometheus_port", 9090, "--prometheus-port"),
+        ("alertmanager_port", 9093, "--alertmanager-port"),
+    ):
+        wanted = getattr(options, attr)
+        port, note = choose_port(
+            "127.0.0.1",
+            default if wanted is None else wanted,
+            explicit=wanted is not None,
+            flag=flag,
+        )
+        setattr(options, attr, port)
+        if note:
+            out.say(f"poolwatch demo: {note}")
 
+
+async def run(options: DemoOptions, out: Output) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from ..embedded import create_cluster
+    from ..exporter import create_app
+    from ..metrics import prometheus as prom
+
+    # Ports first: a taken one is reported before a database is started for nothing.
+    sock = listen_socket(options.host, options.port, "--port")
+    if options.with_prometheus:
+        try:
+            _choose_stack_ports(options, out)
+        except PortInUse:
+            sock.close()
+            raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -140,6 +175,21 @@ async def run(options: DemoOptions, out: Output) -> int:
     effects: Effects | None = None
     stack = None
     try:
+        # The status page answers while PostgreSQL starts; the pool appears on it when open.
+        registry = CollectorRegistry()
+        app = create_app([], registry=registry, include_registry=False)
+        if options.with_prometheus:
+            from .stack import AlertStack
+
+            stack = AlertStack(options, out.say)
+            stack.add_webhook(app)
+        server = _Server(app, sock)
+        server_task = await server.start()
+        base = f"http://{options.host}:{options.port}"
+        out.say(f"  status page  {base}/")
+        out.say(f"  metrics      {base}/metrics")
+        out.say(f"  pools        {base}/pools")
+
         dsn = options.dsn
         if dsn is None:
             out.say("poolwatch demo: starting an embedded PostgreSQL (a temporary directory)…")
@@ -163,23 +213,8 @@ async def run(options: DemoOptions, out: Output) -> int:
             open=False,
         )
         await pool.open(wait=True, timeout=30)
-
-        from prometheus_client import CollectorRegistry
-
-        from ..exporter import create_app
-
-        app = create_app([pool], registry=CollectorRegistry(), include_registry=False)
-        if options.with_prometheus:
-            from .stack import AlertStack
-
-            stack = AlertStack(options, out.say)
-            stack.add_webhook(app)
-        server = _Server(app, options.host, options.port)
-        server_task = await server.start()
-        base = f"http://{options.host}:{options.port}"
-        out.say(f"  status page  {base}/")
-        out.say(f"  metrics      {base}/metrics")
-        out.say(f"  pools        {base}/pools")
+        prom.register(pool, registry)
+        out.say("poolwatch demo: the pool 'demo' is open and on the status page")
         if stack is not None:
             await asyncio.to_thread(stack.start)
         out.say("Ctrl-C to stop.")
@@ -220,6 +255,7 @@ async def run(options: DemoOptions, out: Output) -> int:
         if cluster is not None:
             await asyncio.to_thread(cluster.destroy)
             out.say("poolwatch demo: embedded PostgreSQL stopped and removed")
+        sock.close()
 
 
 async def _finish(effect: asyncio.Task[None]) -> None:
@@ -235,6 +271,9 @@ def main(options: DemoOptions) -> int:
         options.dsn = os.environ.get("POOLWATCH_DSN") or None
     try:
         return asyncio.run(run(options, out))
-    except OSError as ex:
-        out.say(f"poolwatch demo: {ex}")
+    except PortInUse as ex:
+        print(f"poolwatch demo: {ex}", file=sys.stderr)
+        return 2
+    except (OSError, StartError, ClusterError) as ex:
+        print(f"poolwatch demo: {ex}", file=sys.stderr)
         return 1

@@ -10,6 +10,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 from fastapi import Request
 
 from ..alerts.rules import AlertSettings, render_rules
+from .ports import StartError
 
 #: Rules for a demo: windows of 30 s and 5 s `for:`, evaluated every second.
 DEMO_ALERTS = AlertSettings(
@@ -33,6 +37,10 @@ DEMO_ALERTS = AlertSettings(
     target_down_for="5s",
 )
 WEBHOOK_PATH = "/demo/alertmanager"
+#: how long Prometheus and Alertmanager get to answer /-/ready (seconds; generous for a
+#: loaded machine), and how often to ask
+READY_TIMEOUT = 60.0
+READY_POLL = 0.25
 
 
 class AlertStack:
@@ -131,8 +139,27 @@ class AlertStack:
                 stdout=log, stderr=subprocess.STDOUT,
             )
         )  # fmt: skip
+        self.log = d / "stack.log"
+        # Announced only once they answer: a port printed as live must be live.
+        self._wait_ready("alertmanager", self.procs[0], o.alertmanager_port)
+        self._wait_ready("prometheus", self.procs[1], o.prometheus_port)
         self.say(f"  prometheus   http://127.0.0.1:{o.prometheus_port}/alerts (30 s windows)")
         self.say(f"  alertmanager http://127.0.0.1:{o.alertmanager_port}/")
+
+    def _wait_ready(self, name: str, proc: subprocess.Popen[bytes], port: int) -> None:
+        url = f"http://127.0.0.1:{port}/-/ready"
+        deadline = time.monotonic() + READY_TIMEOUT
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(READY_POLL)
+        why = "exited" if proc.poll() is not None else f"did not answer in {READY_TIMEOUT:.0f} s"
+        tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+        raise StartError(f"{name} on port {port} {why}; its last log lines: " + " | ".join(tail))
 
     def stop(self) -> None:
         for proc in self.procs:

@@ -79,11 +79,14 @@ def reject_unknown_arguments(cls_name: str, unknown: dict[str, Any], known: list
     raise PoolConfigError(f"{cls_name}() got an unknown keyword argument {name!r}{extra}")
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The pool's own machinery, left out of a borrower's stack. Not the whole package: code
+# inside it that borrows connections (the demo, the integrations) is the caller.
+_POOL_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_ACOMPAT_FILE = os.path.join(os.path.dirname(_POOL_DIR.rstrip(os.sep)), "_acompat.py")
 
 
 def borrower_stack(limit: int = 16) -> traceback.StackSummary:
-    """Where the current checkout is happening: the caller's frames, poolwatch's left out.
+    """Where the current checkout is happening: the caller's frames, the pool's left out.
 
     Captured only when leak detection is on (it costs a few microseconds); source lines
     are looked up only if the stack is ever printed.
@@ -91,7 +94,8 @@ def borrower_stack(limit: int = 16) -> traceback.StackSummary:
     frames: list[tuple[FrameType, int]] = []
     frame = sys._getframe(1)
     while frame is not None and len(frames) < limit:
-        if not frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        filename = frame.f_code.co_filename
+        if not (filename.startswith(_POOL_DIR) or filename == _ACOMPAT_FILE):
             frames.append((frame, frame.f_lineno))
         frame = frame.f_back  # type: ignore[assignment]
     frames.reverse()  # outermost first, as tracebacks read
@@ -608,8 +612,9 @@ class BasePool:
         s = self.snapshot()
         err = PoolTimeout(
             f"couldn't get a connection from pool {self.name!r} after {timeout:.2f} sec"
+            # "others": this request has already left the queue it waited in
             f" (size={s.size}/{s.max_size}, used={s.used}, idle={s.idle},"
-            f" waiting={s.waiting}, opening={s.opening})",
+            f" others waiting={s.waiting}, opening={s.opening})",
             snapshot=s,
         )
         cause = self._last_connect_error

@@ -27,6 +27,7 @@ from .._acompat import (
 from ..abc import ACT, AsyncConnectFailedCB, AsyncConnectionCB, AsyncConninfoParam, AsyncKwargsParam
 from ..errors import PoolClosed, PoolTimeout, TooManyRequests
 from ..observe import ACQUIRE_BUCKETS, PoolObserver
+from ._lograte import flush_pool_warnings
 from ._redact import redact, secrets_in
 from .base import Backoff, borrower_stack, reject_unknown_arguments
 from .sched_async import AsyncScheduler
@@ -270,6 +271,8 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
             logger.warning("couldn't stop worker %r of pool %r in %s sec", name, self.name, timeout)
         for conn in idle:
             await self._close_connection(conn)
+        # The summary of warnings held back belongs before the pool's end, not after it.
+        flush_pool_warnings(self)
         self._flush_notifications()
         if self._observer:
             self._observer.close()

@@ -17,6 +17,7 @@ from psycopg.pq import TransactionStatus
 
 from .._acompat import CLIENT_EXCEPTIONS, Queue, ensure
 from ..abc import CT, ConnectFailedCB, ConnectionCB, ConninfoParam, KwargsParam
+from ._lograte import pool_warning
 from ._redact import redact, secrets_in
 from .base import SERVER_BUDGET_SQL, Backoff, BasePool
 from .sched import Scheduler
@@ -90,7 +91,7 @@ class PoolUpkeep(Generic[CT], BasePool):
                     reason = "reset_failed"
                     self._discard_on_return(conn)
         if conn.pgconn.transaction_status == UNKNOWN:
-            logger.warning("discarding closed connection: %s", conn)
+            pool_warning(self, "discarding closed connection: %s", conn)
             with self._lock:
                 self._agg.returns_bad += 1
                 if status == UNKNOWN:
@@ -173,7 +174,7 @@ class PoolUpkeep(Generic[CT], BasePool):
                 try:
                     self.check_connection(conn)
                 except CLIENT_EXCEPTIONS:
-                    logger.warning("discarding broken connection: %s", conn)
+                    pool_warning(self, "discarding broken connection: %s", conn)
                     reason = "broken"
             with self._lock:
                 now = monotonic()
@@ -285,9 +286,10 @@ class PoolUpkeep(Generic[CT], BasePool):
         try:
             conn = self._connect()
         except CLIENT_EXCEPTIONS as ex:
-            logger.warning("error connecting in %r: %s", self.name, ex)
+            pool_warning(self, "error connecting in %r: %s", self.name, ex)
             if attempt.time_to_give_up(now):
-                logger.warning(
+                pool_warning(
+                    self,
                     "reconnection attempt in pool %r failed after %s sec",
                     self.name,
                     self.reconnect_timeout,

@@ -16,6 +16,7 @@ from psycopg.pq import TransactionStatus
 
 from .._acompat import ACLIENT_EXCEPTIONS, AQueue, aensure
 from ..abc import ACT, AsyncConnectFailedCB, AsyncConnectionCB, AsyncConninfoParam, AsyncKwargsParam
+from ._lograte import pool_warning
 from ._redact import redact, secrets_in
 from .base import SERVER_BUDGET_SQL, Backoff, BasePool
 from .sched_async import AsyncScheduler
@@ -89,7 +90,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
                     reason = "reset_failed"
                     await self._discard_on_return(conn)
         if conn.pgconn.transaction_status == UNKNOWN:
-            logger.warning("discarding closed connection: %s", conn)
+            pool_warning(self, "discarding closed connection: %s", conn)
             with self._lock:
                 self._agg.returns_bad += 1
                 if status == UNKNOWN:
@@ -172,7 +173,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
                 try:
                     await self.check_connection(conn)
                 except ACLIENT_EXCEPTIONS:
-                    logger.warning("discarding broken connection: %s", conn)
+                    pool_warning(self, "discarding broken connection: %s", conn)
                     reason = "broken"
             with self._lock:
                 now = monotonic()
@@ -284,9 +285,10 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
         try:
             conn = await self._connect()
         except ACLIENT_EXCEPTIONS as ex:
-            logger.warning("error connecting in %r: %s", self.name, ex)
+            pool_warning(self, "error connecting in %r: %s", self.name, ex)
             if attempt.time_to_give_up(now):
-                logger.warning(
+                pool_warning(
+                    self,
                     "reconnection attempt in pool %r failed after %s sec",
                     self.name,
                     self.reconnect_timeout,
