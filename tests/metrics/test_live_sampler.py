@@ -6,8 +6,8 @@ import logging
 import threading
 import time
 
-import pytest
 import httpx
+import pytest
 
 from poolwatch import ConnectionPool
 from poolwatch.exporter.live import LiveHistory

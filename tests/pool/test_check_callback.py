@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from itertools import pairwise
 
 import pytest
 
@@ -47,7 +48,7 @@ def test_used_seconds_never_decrease_across_a_passing_check_sync(dsn):
             seen.append(pool.snapshot().used_seconds_total)
             pool.putconn(conn)
             seen.append(pool.snapshot().used_seconds_total)
-    drops = [(a, b) for a, b in zip(seen, seen[1:]) if b < a]
+    drops = [(a, b) for a, b in pairwise(seen) if b < a]
     assert drops == [], f"used_seconds_total went backwards: {drops}"
     # the check's own time is time the connection was busy: 5 checks of >= 50 ms
     assert seen[-1] >= 5 * 0.05
@@ -68,7 +69,7 @@ async def test_used_seconds_never_decrease_across_a_passing_check_async(dsn):
             seen.append(pool.snapshot().used_seconds_total)
             await pool.putconn(conn)
             seen.append(pool.snapshot().used_seconds_total)
-    drops = [(a, b) for a, b in zip(seen, seen[1:]) if b < a]
+    drops = [(a, b) for a, b in pairwise(seen) if b < a]
     assert drops == [], f"used_seconds_total went backwards: {drops}"
     assert seen[-1] >= 5 * 0.05
 

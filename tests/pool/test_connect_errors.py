@@ -4,8 +4,8 @@ something of its own. Each is a connect error: counted, chained, and seen by /re
 
 from __future__ import annotations
 
-import pytest
 import httpx
+import pytest
 from psycopg import AsyncConnection, Connection
 
 from poolwatch import AsyncConnectionPool, ConnectionPool, PoolTimeout
@@ -84,9 +84,7 @@ def test_failing_connect_inputs_are_connect_errors_sync(dsn, where):
 @pytest.mark.parametrize("where", ["conninfo", "kwargs", "connection_class"])
 async def test_failing_connect_inputs_are_connect_errors_async(dsn, where):
     options = _async_variants(dsn)[where]
-    async with AsyncConnectionPool(
-        min_size=1, max_size=1, name=f"avault-{where}", **options
-    ) as p:
+    async with AsyncConnectionPool(min_size=1, max_size=1, name=f"avault-{where}", **options) as p:
         with pytest.raises(PoolTimeout) as info:
             await p.getconn(timeout=1.5)
         assert_reported(p, info.value)
