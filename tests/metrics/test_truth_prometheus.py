@@ -5,6 +5,11 @@ second and evaluates the generated recording rules every second. Afterwards no
 poolwatch counter (histogram buckets, counts and sums included) shows a single reset,
 and every value of ``poolwatch:saturation:mean_ratio`` agrees within 5% with the
 saturation the test measured itself from the times it held each connection.
+
+A second pool, scraped by the same Prometheus, is the issue's reproduction: a 50 ms
+check and a nearly idle pool, where a counter that lost the check's time between two
+scrapes read as a reset and the rule as several hundred percent. Its counters must
+show no reset either, and its rule must stay within the bounds the test measured.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ LOAD_SECONDS = 60.0
 WINDOW = 30  # seconds: the rules' rate window, short enough for the load to fill twice
 MAX_SIZE = 4
 POOL = "resets"
-COUNTERS = f'{{__name__=~"poolwatch_.+_(total|bucket|count|sum)", pool="{POOL}"}}'
+SLOW_POOL = "resets-slow-check"
+SLOW_CHECK = 0.05
 
 
 class Load:
@@ -43,8 +49,17 @@ class Load:
     own count lies between the two.
     """
 
-    def __init__(self, pool: ConnectionPool, threads: int, seed: int) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        threads: int,
+        seed: int,
+        hold: tuple[float, float] = (0.1, 0.3),
+        rest: tuple[float, float] = (0.3, 0.9),
+    ) -> None:
         self.pool = pool
+        self.hold = hold
+        self.rest = rest
         self.inner: list[tuple[float, float]] = []
         self.outer: list[tuple[float, float]] = []
         self.lock = threading.Lock()
@@ -70,14 +85,14 @@ class Load:
             t0 = time.time()
             conn = self.pool.getconn(timeout=10)
             t1 = time.time()
-            time.sleep(rng.uniform(0.1, 0.3))
+            time.sleep(rng.uniform(*self.hold))
             t2 = time.time()
             self.pool.putconn(conn)
             t3 = time.time()
             with self.lock:
                 self.inner.append((t1, t2))
                 self.outer.append((t0, t3))
-            time.sleep(rng.uniform(0.3, 0.9))
+            time.sleep(rng.uniform(*self.rest))
 
     @staticmethod
     def _overlap(spans: list[tuple[float, float]], a: float, b: float) -> float:
@@ -103,12 +118,20 @@ def range_samples(prom: str, promql: str, at: float) -> list[tuple[float, float]
 @pytest.fixture
 def prometheus(tmp_path, dsn):
     binary = require_tool("prometheus")
-    pool = ConnectionPool(
-        dsn, min_size=2, max_size=MAX_SIZE, name=POOL, open=True,
-        check=ConnectionPool.check_connection,
-    )  # fmt: skip
-    pool.wait()
-    exporter = start_exporter([pool], port=0, registry=CollectorRegistry())
+
+    def slow_check(conn):
+        ConnectionPool.check_connection(conn)
+        time.sleep(SLOW_CHECK)
+
+    pools = [
+        ConnectionPool(dsn, min_size=2, max_size=MAX_SIZE, name=POOL, open=True,
+                       check=ConnectionPool.check_connection),
+        ConnectionPool(dsn, min_size=1, max_size=MAX_SIZE, name=SLOW_POOL, open=True,
+                       check=slow_check),
+    ]  # fmt: skip
+    for pool in pools:
+        pool.wait()
+    exporter = start_exporter(pools, port=0, registry=CollectorRegistry())
     rules = tmp_path / "poolwatch.rules.yml"
     rules.write_text(render_rules(AlertSettings(window=f"{WINDOW}s", interval="1s")))
     config = prometheus_config(rules, exporter.port, free_port())
@@ -123,11 +146,12 @@ def prometheus(tmp_path, dsn):
     )  # fmt: skip
     try:
         prom.wait_http(f"http://127.0.0.1:{port}/-/ready")
-        yield pool, f"http://127.0.0.1:{port}"
+        yield pools, f"http://127.0.0.1:{port}"
     finally:
         prom.stop()
         exporter.stop()
-        pool.close()
+        for pool in pools:
+            pool.close()
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -138,43 +162,63 @@ def wait_for(predicate, timeout: float, what: str):
     return value
 
 
-def test_no_counter_resets_and_a_true_saturation_rule(prometheus):
-    pool, prom = prometheus
-    wait_for(lambda: query(prom, f'poolwatch_connections_max{{pool="{POOL}"}}'), 30, "a scrape")
-    load = Load(pool, threads=3, seed=7)
-    load_started = time.time()
-    load.start(LOAD_SECONDS)
-    load.join()
-    load_ended = time.time()
-    time.sleep(3)  # the last scrapes and rule evaluations
-    span = int(time.time() - load_started) + 10
-
-    # No reset in any counter series of the pool, over the whole run. resets() drops
-    # the metric name, so each name is asked for on its own (_count and _sum would clash).
-    names = sorted({r["metric"]["__name__"] for r in query(prom, COUNTERS)})
+def counter_resets(prom: str, pool: str, span: int) -> tuple[int, list[object]]:
+    """(counter series of *pool*, those with a reset) over the last *span* seconds."""
+    selector = f'{{__name__=~"poolwatch_.+_(total|bucket|count|sum)", pool="{pool}"}}'
+    names = sorted({r["metric"]["__name__"] for r in query(prom, selector)})
     assert len(names) >= 3 + 4 * 3, f"counter families missing: {names}"
     series = 0
     reset_series = []
+    # resets() drops the metric name: one query per name, or _count and _sum would clash
     for name in names:
-        for r in query(prom, f'resets({name}{{pool="{POOL}"}}[{span}s])'):
+        for r in query(prom, f'resets({name}{{pool="{pool}"}}[{span}s])'):
             series += 1
             if float(r["value"][1]) != 0:
                 reset_series.append((name, r["metric"], r["value"][1]))
+    return series, reset_series
+
+
+def rule_against_truth(prom: str, pool: str, load: Load, span: int, started: float, ended: float):
+    """Each evaluation of the saturation rule within the load, with the truth it covers:
+    (time, rule value, surely, at most), where the truth is taken over exactly the span
+    between the first and last samples the rule's rate() saw (its slope)."""
+    rule = f'poolwatch:saturation:mean_ratio{{pool="{pool}"}}'
+    evaluations = range_samples(prom, f"{rule}[{span}s]", time.time())
+    inside = [(t, v) for t, v in evaluations if started + WINDOW < t <= ended]
+    assert len(inside) >= 15, f"too few evaluations within the load: {evaluations}"
+    out = []
+    for t, value in inside:
+        samples = range_samples(
+            prom, f'poolwatch_used_connection_seconds_total{{pool="{pool}"}}[{WINDOW}s]', t
+        )
+        out.append((t, value, *load.saturation(samples[0][0], samples[-1][0])))
+    return out
+
+
+def test_no_counter_resets_and_a_true_saturation_rule(prometheus):
+    pools, prom = prometheus
+    for name in (POOL, SLOW_POOL):
+        wait_for(lambda n=name: query(prom, f'poolwatch_connections_max{{pool="{n}"}}'), 30, name)
+    load = Load(pools[0], threads=3, seed=7)
+    # nearly idle: one short hold about every second, each behind a 50 ms check
+    idle_load = Load(pools[1], threads=1, seed=8, hold=(0.002, 0.01), rest=(0.5, 1.5))
+    started = time.time()
+    load.start(LOAD_SECONDS)
+    idle_load.start(LOAD_SECONDS)
+    load.join()
+    idle_load.join()
+    ended = time.time()
+    time.sleep(3)  # the last scrapes and rule evaluations
+    span = int(time.time() - started) + 10
+
+    series, reset_series = counter_resets(prom, POOL, span)
     assert series > 50, f"too few counter series scraped: {series}"
     assert reset_series == [], reset_series
+    slow_series, slow_resets = counter_resets(prom, SLOW_POOL, span)
+    assert slow_resets == [], slow_resets
 
-    # Every evaluation of the recording rule whose window lies inside the load.
-    rule = f'poolwatch:saturation:mean_ratio{{pool="{POOL}"}}'
-    evaluations = range_samples(prom, f"{rule}[{span}s]", time.time())
-    inside = [(t, v) for t, v in evaluations if load_started + WINDOW < t <= load_ended]
-    assert len(inside) >= 15, f"too few evaluations within the load: {evaluations}"
     worst = 0.0
-    for t, value in inside:
-        # The rule's rate() is the slope between the first and last samples it saw.
-        samples = range_samples(
-            prom, f'poolwatch_used_connection_seconds_total{{pool="{POOL}"}}[{WINDOW}s]', t
-        )
-        surely, at_most = load.saturation(samples[0][0], samples[-1][0])
+    for t, value, surely, at_most in rule_against_truth(prom, POOL, load, span, started, ended):
         truth = (surely + at_most) / 2
         assert truth > 0.05, f"the load was not measurable: {truth}"
         error = abs(value - truth) / truth
@@ -183,7 +227,13 @@ def test_no_counter_resets_and_a_true_saturation_rule(prometheus):
             f"at {t}: rule {value:.4f}, truth {truth:.4f} (between {surely:.4f} and"
             f" {at_most:.4f}), off by {error:.1%}"
         )
+    # The slow check's time counts as used, so the truth lies between the holds alone
+    # and the holds with their getconn (check included) and putconn.
+    slow = rule_against_truth(prom, SLOW_POOL, idle_load, span, started, ended)
+    for t, value, surely, at_most in slow:
+        assert surely * 0.95 <= value <= at_most * 1.05, (t, value, surely, at_most)
     print(
-        f"\n{series} counter series, 0 resets; {len(inside)} rule evaluations,"
-        f" {len(load.inner)} holds, worst error {worst:.2%}"
+        f"\n{series} + {slow_series} counter series, 0 resets; {len(slow)} evaluations of"
+        f" the slow-check pool within bounds, peak {max(v for _, v, _, _ in slow):.2%};"
+        f" {len(load.inner)} holds, worst rule error {worst:.2%}"
     )
