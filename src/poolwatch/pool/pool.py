@@ -557,7 +557,10 @@ class ConnectionPool(PoolUpkeep[CT]):
             lock.acquire()
             try:
                 now = monotonic()
-                self._advance_used_locked(now)
+                # _advance_used_locked, inlined
+                if now > self._used_since:
+                    self._used_area += (len(self._out) + self._transit) * (now - self._used_since)
+                    self._used_since = now
                 t_out = self._out.pop(conn, None)
                 if t_out is None:
                     raise self._bad_return_error(conn)
