@@ -2,11 +2,12 @@
 """Soak: a pool under random operations and faults, its invariants checked all along.
 
 Worker threads borrow and return connections at random (clean, left in a
-transaction, in an error state, closed, held a while), while a fault thread kills
-backends, drains, resizes, checks and now and then restarts the server. Every half
-second the instant invariants are checked; every few seconds the workers pause, the
-pool comes to rest and the rest of the invariants are checked against the workers'
-own count of requests. Bounded in time; exits 1 on any violation.
+transaction, in an error state, closed, held a while) from a pool with a ``check``
+callback, while a fault thread kills backends, drains, resizes, checks and now and
+then restarts the server. Every half second the instant invariants are checked, and
+that no counter went down; every few seconds the workers pause, the pool comes to
+rest and the rest of the invariants are checked against the workers' own count of
+requests. Bounded in time; exits 1 on any violation.
 
     python tools/soak.py                 # 60 s on a throwaway PostgreSQL
     python tools/soak.py --seconds 10    # what CI runs
@@ -29,7 +30,12 @@ import psycopg
 
 from poolwatch import ConnectionPool, PoolTimeout
 from poolwatch.embedded import Cluster, create_cluster
-from tests.faults.invariants import at_rest, at_rest_violations, instant_violations
+from tests.faults.invariants import (
+    MonotonicWatch,
+    at_rest,
+    at_rest_violations,
+    instant_violations,
+)
 
 APP = "poolwatch-soak"
 
@@ -42,6 +48,7 @@ class Soak:
         self.pool = ConnectionPool(
             cluster.dsn(), min_size=2, max_size=4, timeout=0.5, reconnect_timeout=30,
             kwargs={"application_name": APP}, name="soak", open=True,
+            check=ConnectionPool.check_connection,  # psycopg_pool's recommended set-up
         )  # fmt: skip
         self.pool.wait(timeout=30)
         self.workers = workers
@@ -50,6 +57,7 @@ class Soak:
         self.outcomes: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.violations: list[str] = []
+        self.watch = MonotonicWatch()
         self.pause = threading.Event()
         self.paused = threading.Semaphore(0)
         self.lock = threading.Lock()
@@ -117,6 +125,9 @@ class Soak:
         while time.monotonic() < self.deadline:
             time.sleep(0.5)
             self.record(instant_violations(self.pool, []))
+            seen = len(self.watch.violations)
+            self.watch.read(self.pool, "soak")
+            self.record(self.watch.violations[seen:])
             if time.monotonic() >= next_rest and time.monotonic() < self.deadline - 2:
                 self.check_at_rest()
                 next_rest = time.monotonic() + 3

@@ -2,10 +2,12 @@
 
 Some hold at every instant (read under the pool lock); the others hold once the
 pool is at rest, when no connection is being opened, checked or reset.
+`MonotonicWatch` checks that no counter or histogram bucket ever goes down.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 
@@ -54,3 +56,66 @@ def at_rest_violations(pool: Any, held: list[Any], requests: int) -> list[str]:
     if used != len(held):
         out.append(f"used {used} != {len(held)} held")
     return out
+
+
+# The counters of PoolAggregates, by attribute name; every histogram is checked bucket by bucket.
+_COUNTERS = (
+    "waits",
+    "queued_wait_seconds",
+    "requests",
+    "request_errors",
+    "returns_bad",
+    "connections_lost",
+    "opened",
+    "closed",
+)
+
+
+def _counter_readings(pool: Any) -> dict[str, float]:
+    """Every counter and histogram bucket of *pool*, flattened to name -> value."""
+    snap = pool.snapshot()
+    agg = pool.aggregates()
+    out: dict[str, float] = {"used_seconds_total": snap.used_seconds_total}
+    for name in _COUNTERS:
+        out[name] = getattr(agg, name)
+    for (kind, sqlstate_class), n in agg.errors.items():
+        out[f"errors[{kind},{sqlstate_class}]"] = n
+    families = {
+        "acquire": agg.acquire,
+        "use": {"": agg.use},
+        "connect": agg.connect,
+        "lifetime": agg.lifetime,
+    }
+    for family, hists in families.items():
+        for label, hist in hists.items():
+            for i, n in enumerate(hist.counts):
+                out[f"{family}[{label}].bucket{i}"] = n
+            out[f"{family}[{label}].sum"] = hist.sum
+    return out
+
+
+class MonotonicWatch:
+    """Reads a pool's counters again and again; says which ever went down or vanished.
+
+    Readers may be the test and the pool's own callbacks (in worker threads): the
+    read and the comparison happen under one lock, so readings are compared in the
+    order they were taken. Never call `read` with the pool lock held.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self.readings = 0
+        self.violations: list[str] = []
+
+    def read(self, pool: Any, where: str) -> None:
+        with self._lock:
+            now = _counter_readings(pool)
+            self.readings += 1
+            for name, before in self._last.items():
+                after = now.get(name)
+                if after is None:
+                    self.violations.append(f"{where}: {name} vanished (was {before})")
+                elif after < before:
+                    self.violations.append(f"{where}: {name} went from {before} down to {after}")
+            self._last = now

@@ -1,10 +1,14 @@
 """A hypothesis state machine drives both pools with random operations and faults.
 
 Rules: getconn (it may time out), putconn of a clean connection, of one left in a
-transaction, in an error state, or closed (broken), resize, drain, check, and
-pg_terminate_backend of the pool's backends. After every step the invariants in
-`invariants.py` are checked: those true at any instant at once, the others once
-the pool has come to rest. `pytest --long` runs 200 examples instead of 12.
+transaction, in an error state, or closed (broken), resize, drain, check,
+pg_terminate_backend of the pool's backends, and switching the pool's ``check``,
+``reset`` and ``configure`` callbacks between fast, slow, failing and (for check)
+interrupted by a BaseException. After every step the invariants in `invariants.py`
+are checked: those true at any instant at once, the others once the pool has come
+to rest, and that no counter or histogram bucket of `snapshot()` and `aggregates()`
+ever went down, read after every step and from inside every callback call.
+`pytest --long` runs 200 examples instead of 12.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from poolwatch import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from .invariants import at_rest, at_rest_violations, instant_violations
+from .invariants import MonotonicWatch, at_rest, at_rest_violations, instant_violations
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -34,23 +38,93 @@ SETTINGS = settings(
 )
 
 
+class Interrupted(BaseException):
+    """Stands in for gevent.Timeout or KeyboardInterrupt inside a check."""
+
+
+class Callbacks:
+    """The pool's check, reset and configure callbacks, switched between behaviours.
+
+    Modes: "ok"; "slow" (20 ms more); "fail" (raises an Exception: check and reset on
+    every call, configure on the next call only, so that the pool can refill);
+    "interrupt" (check only: the next call raises `Interrupted`). Every call first
+    reads the pool's counters into *watch*, so a counter that goes down while a
+    callback runs is seen too.
+    """
+
+    SLOW = 0.02
+
+    def __init__(self, watch: MonotonicWatch) -> None:
+        self.watch = watch
+        self.mode = {"check": "ok", "reset": "ok", "configure": "ok"}
+        self.pool: Any = None
+
+    def _decide(self, which: str) -> str:
+        if self.pool is not None:
+            self.watch.read(self.pool, f"in {which}")
+        mode = self.mode[which]
+        if mode == "interrupt" or (which == "configure" and mode == "fail"):
+            self.mode[which] = "ok"  # only the next call
+        if mode == "interrupt":
+            raise Interrupted(f"{which} interrupted")
+        if mode == "fail":
+            raise RuntimeError(f"{which} failed on purpose")
+        return mode
+
+    def check(self, conn: Any) -> None:
+        if self._decide("check") == "slow":
+            time.sleep(self.SLOW)
+        ConnectionPool.check_connection(conn)
+
+    def reset(self, conn: Any) -> None:
+        if self._decide("reset") == "slow":
+            time.sleep(self.SLOW)
+
+    def configure(self, conn: Any) -> None:
+        if self._decide("configure") == "slow":
+            time.sleep(self.SLOW)
+
+    async def acheck(self, conn: Any) -> None:
+        if self._decide("check") == "slow":
+            await asyncio.sleep(self.SLOW)
+        await AsyncConnectionPool.check_connection(conn)
+
+    async def areset(self, conn: Any) -> None:
+        if self._decide("reset") == "slow":
+            await asyncio.sleep(self.SLOW)
+
+    async def aconfigure(self, conn: Any) -> None:
+        if self._decide("configure") == "slow":
+            await asyncio.sleep(self.SLOW)
+
+
 class Driver:
     """Runs pool calls, sync or async, so that one machine serves both pools."""
 
-    def __init__(self, dsn: str, is_async: bool) -> None:
+    def __init__(self, dsn: str, is_async: bool, callbacks: Callbacks) -> None:
         self.is_async = is_async
-        kwargs = {"application_name": APP}
+        options: dict[str, Any] = {
+            "kwargs": {"application_name": APP},
+            "min_size": 1,
+            "max_size": 3,
+            "reconnect_timeout": 2.0,  # a failed configure is retried once, soon
+        }
+        cb = callbacks
         if is_async:
             self.loop = asyncio.new_event_loop()
             self.pool: Any = AsyncConnectionPool(
-                dsn, min_size=1, max_size=3, kwargs=kwargs, open=False, name="sm-async"
-            )
+                dsn, open=False, name="sm-async", check=cb.acheck, reset=cb.areset,
+                configure=cb.aconfigure, **options,
+            )  # fmt: skip
+            cb.pool = self.pool
             self.call(self.pool.open(wait=True))
         else:
             self.pool = ConnectionPool(
-                dsn, min_size=1, max_size=3, kwargs=kwargs, open=True, name="sm-sync"
-            )
-            self.pool.wait()
+                dsn, open=False, name="sm-sync", check=cb.check, reset=cb.reset,
+                configure=cb.configure, **options,
+            )  # fmt: skip
+            cb.pool = self.pool
+            self.pool.open(wait=True)
 
     def call(self, result: Any) -> Any:
         return self.loop.run_until_complete(result) if self.is_async else result
@@ -77,21 +151,29 @@ class PoolMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.d = Driver(self.dsn, self.is_async)
+        self.watch = MonotonicWatch()
+        self.callbacks = Callbacks(self.watch)
+        self.d = Driver(self.dsn, self.is_async, self.callbacks)
         self.held: list[Any] = []
         self.requests = 0
 
     def teardown(self) -> None:
+        self.callbacks.mode = dict.fromkeys(self.callbacks.mode, "ok")
         for conn in self.held:
             self.d.call(self.d.pool.putconn(conn))
+        self.d.settle()
+        failed_already = bool(self.watch.violations)  # and reported by the invariant
         self.d.close()
+        self.watch.read(self.d.pool, "after close")
+        if not failed_already:
+            assert self.watch.violations == []
 
     @rule(timeout=st.sampled_from([0.0, 0.05, 0.2]))
     def getconn(self, timeout: float) -> None:
         self.requests += 1
         try:
             conn = self.d.call(self.d.pool.getconn(timeout=timeout))
-        except PoolTimeout:
+        except (PoolTimeout, Interrupted):
             return
         assert all(conn is not c for c in self.held), "handed out twice"
         self.held.append(conn)
@@ -130,10 +212,23 @@ class PoolMachine(RuleBasedStateMachine):
     def kill_backends(self) -> None:
         self.pg.terminate_backends(APP)
 
+    @rule(
+        which_mode=st.sampled_from(
+            [(w, m) for w in ("check", "reset", "configure") for m in ("ok", "slow", "fail")]
+            + [("check", "interrupt")]
+        )
+    )
+    def set_callback(self, which_mode: tuple[str, str]) -> None:
+        which, mode = which_mode
+        self.callbacks.mode[which] = mode
+
     @invariant()
     def invariants_hold(self) -> None:
+        self.watch.read(self.d.pool, "after the step")
         assert instant_violations(self.d.pool, self.held) == []
         self.d.settle()
+        self.watch.read(self.d.pool, "at rest")
+        assert self.watch.violations == []
         assert at_rest_violations(self.d.pool, self.held, self.requests) == []
 
 

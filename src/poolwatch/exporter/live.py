@@ -8,6 +8,7 @@ derives those from differences between samples.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -18,6 +19,8 @@ from typing import Any
 from ..metrics.names import BY_KEY
 from ..metrics.state import HistogramValue, PoolState
 from ..metrics.views import acquire_total, errors_by_kind, quantile
+
+logger = logging.getLogger("poolwatch.exporter")
 
 #: seconds of history kept, and the window of the per-minute figures
 KEEP_SECONDS = 300
@@ -46,6 +49,8 @@ class LiveHistory:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        #: samples that failed (the sampler logs each, skips it and keeps sampling)
+        self.sample_errors = 0
 
     def ensure_started(self) -> None:
         with self._lock:
@@ -67,7 +72,16 @@ class LiveHistory:
         # Stamp the sample with the middle of the read: on a busy machine reading the
         # pools can take a while, and a late stamp would understate the rates.
         before = time.monotonic()
-        states = {s.pool: s for s in self.read_states()}
+        try:
+            states = {s.pool: s for s in self.read_states()}
+        except Exception:
+            # One bad read (a pool in a strange state, an unreadable state file) must
+            # not freeze the live view for the life of the process: skip this sample.
+            self.sample_errors += 1
+            logger.exception(
+                "the live sampler could not read the pools (%d failures so far)", self.sample_errors
+            )
+            return
         self.samples.append(((before + time.monotonic()) / 2, states))
 
     def view(self) -> dict[str, Any]:
@@ -85,7 +99,11 @@ class LiveHistory:
                     base_t, base = t, states[name]
                     break
             pools.append(self._pool_view(state, base, now - base_t, samples, name))
-        return {"window_seconds": WINDOW_SECONDS, "pools": pools}
+        return {
+            "window_seconds": WINDOW_SECONDS,
+            "sampler_errors": self.sample_errors,
+            "pools": pools,
+        }
 
     def _pool_view(
         self,

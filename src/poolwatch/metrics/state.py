@@ -185,9 +185,10 @@ def state_of(pool: Watchable) -> PoolState:
     for outcome in CONNECT_OUTCOMES:
         hist = agg.connect[outcome]
         h[("connect", (outcome,))] = HistogramValue(hist.counts, hist.sum)
+    # Every reason from the first scrape, zeros included: a family or series that
+    # appears only once something happens hides that first event from rate().
     for reason, hist in agg.lifetime.items():
-        if hist.count:
-            h[("lifetime", (reason,))] = HistogramValue(hist.counts, hist.sum)
+        h[("lifetime", (reason,))] = HistogramValue(hist.counts, hist.sum)
     return state
 
 

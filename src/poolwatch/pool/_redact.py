@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import psycopg
 from psycopg import conninfo as pg_conninfo
 
 # Values of these connection parameters must never be shown.
@@ -58,8 +59,12 @@ def connect_error_class(error: BaseException) -> str:
     """The SQLSTATE class of a failed connect: "53", "28", "3D", "57", "08" or "other".
 
     Network failures (refused, unreachable, timed out, reset) have no SQLSTATE and are
-    filed under "08", the class of connection exceptions.
+    filed under "08", the class of connection exceptions. Errors from outside psycopg
+    and the network (a ``conninfo`` callable whose vault is down, a custom
+    ``connection_class`` raising its own error) are "other".
     """
+    if not isinstance(error, (psycopg.Error, OSError)):
+        return "other"
     sqlstate = getattr(error, "sqlstate", None)
     if isinstance(sqlstate, str) and len(sqlstate) == 5:
         cls = sqlstate[:2]

@@ -223,14 +223,14 @@ class BasePool:
         # Only one connection is opened at a time when growing: during a spike a
         # burst of slow connects would leave no worker free to hand returns over.
         self._growing = False
-        # Used = checked out (in _out) + in transit (being checked or reset, not in _out).
-        # The used-seconds integral is kept in parts, so that a checkout and a return
-        # only touch _out and one float: finished checkouts add their duration to
-        # _done_area; a snapshot adds the age of the current ones and the transit area.
-        self._done_area = 0.0
+        # Used = checked out (in _out) + in transit (being reset or checked, not in _out).
+        # The used-seconds counter is one integral of that count over time, kept in one
+        # place that only ever adds: before the count changes, `_advance_used_locked`
+        # adds count * elapsed to _used_area. Nothing else writes it, so no checkout,
+        # check, return, drain, resize or close can make the counter go backwards.
         self._transit = 0
-        self._transit_area = 0.0  # integral of _transit over time until _transit_since
-        self._transit_since = monotonic()
+        self._used_area = 0.0  # integral of _used over time until _used_since
+        self._used_since = monotonic()
         self._agg = PoolAggregates()
         self._acquire_ok = self._agg.acquire["ok"]  # the fast path's histogram
         self._stats_base: dict[str, int] = {}
@@ -348,10 +348,7 @@ class BasePool:
                 oldest_wait_seconds=now - oldest_wait if oldest_wait is not None else 0.0,
                 leaked=leaked,
                 leak_timeout=self.leak_timeout,
-                used_seconds_total=self._done_area
-                + sum(now - t for t in self._out.values())
-                + self._transit_area
-                + self._transit * (now - self._transit_since),
+                used_seconds_total=self._used_area + used * max(0.0, now - self._used_since),
                 server_max_connections=self.server_max_connections,
             )
 
@@ -420,11 +417,18 @@ class BasePool:
         """Connections counted as used: checked out, or being checked or reset."""
         return len(self._out) + self._transit
 
+    def _advance_used_locked(self, now: float) -> None:
+        """Add the used-seconds accrued since the last change; call before `_used` changes."""
+        # The clock is read under the lock, so `now` does not go backwards here; the
+        # guard keeps the integral from ever shrinking even if a caller passed a stale time.
+        elapsed = now - self._used_since
+        if elapsed > 0.0:
+            self._used_area += (len(self._out) + self._transit) * elapsed
+            self._used_since = now
+
     def _transit_change_locked(self, now: float, delta: int) -> None:
         """*delta* connections start (or stop) being checked or reset outside _out."""
-        # The clock is read under the lock, so `now` never goes backwards here.
-        self._transit_area += self._transit * (now - self._transit_since)
-        self._transit_since = now
+        self._advance_used_locked(now)
         self._transit += delta
 
     def _take_idle_locked(self, now: float) -> Any:
@@ -444,13 +448,13 @@ class BasePool:
 
     def _checkout_locked(self, conn: Any, now: float) -> None:
         """Mark *conn* as handed out at *now*."""
+        self._advance_used_locked(now)
         self._out[conn] = now
 
     def _uncheckout_locked(self, conn: Any, now: float) -> None:
         """Undo a checkout the user never saw (the request gave up, or the check failed)."""
-        t_out = self._out.pop(conn, None)
-        if t_out is not None:
-            self._done_area += now - t_out
+        self._advance_used_locked(now)
+        self._out.pop(conn, None)
         self._leak_stacks.pop(conn, None)
 
     def _checkin_locked(self, conn: Any, now: float, *, still_used: bool) -> float:
@@ -458,6 +462,7 @@ class BasePool:
 
         With *still_used* it keeps counting as used (it is being reset on its way back).
         """
+        self._advance_used_locked(now)
         try:
             t_out = self._out.pop(conn)
         except KeyError:
@@ -465,10 +470,12 @@ class BasePool:
         return self._checked_in_locked(conn, t_out, now, still_used=still_used)
 
     def _checked_in_locked(self, conn: Any, t_out: float, now: float, *, still_used: bool) -> float:
-        """`_checkin_locked` after *conn* left the checked-out list (it was out since *t_out*)."""
+        """`_checkin_locked` after *conn* left the checked-out list (it was out since *t_out*).
+
+        The caller advanced the used-seconds integral before taking *conn* off the list.
+        """
         use = now - t_out
         self._agg.use.observe(use)
-        self._done_area += use
         if still_used:
             self._transit_change_locked(now, +1)
         if self._leak_stacks:
@@ -643,6 +650,7 @@ class BasePool:
         # (psycopg does not close a connection created by another process).
         self._forked_from = os.getppid()
         self._lock = threading.Lock()  # another thread may have held it at fork time
+        self._advance_used_locked(monotonic())  # what was used until now stays counted
         self._closed = True
         self._idle.clear()
         self._out.clear()

@@ -15,7 +15,6 @@ from psycopg import Connection
 from psycopg import errors as e
 
 from .._acompat import (
-    CLIENT_EXCEPTIONS,
     Event,
     Queue,
     Waiter,
@@ -349,6 +348,10 @@ class ConnectionPool(PoolUpkeep[CT]):
                 conn = idle.popleft()
                 if len(idle) < self._nconns_min:
                     self._nconns_min = len(idle)
+                # _advance_used_locked, inlined
+                if now > self._used_since:
+                    self._used_area += (len(self._out) + self._transit) * (now - self._used_since)
+                    self._used_since = now
                 self._out[conn] = now
                 self._agg.requests += 1
                 wait = now - t0
@@ -441,7 +444,7 @@ class ConnectionPool(PoolUpkeep[CT]):
                     else:
                         waiter = self._queue_or_reserve_locked(t0)
                         queued = queued or waiter is not None
-        except CLIENT_EXCEPTIONS as ex:
+        except BaseException as ex:  # whatever ends the request, its outcome is counted
             wait = monotonic() - t0
             with self._lock:
                 self._record_acquire_locked(_failure_outcome(ex), wait, queued=queued)
@@ -510,28 +513,39 @@ class ConnectionPool(PoolUpkeep[CT]):
         self._flush_notifications()
 
     def _passes_check(self, conn: Any) -> bool:
-        """Run the ``check`` callback; on failure retire the connection and say False."""
+        """Run the ``check`` callback; on failure retire the connection and say False.
+
+        The connection stays checked out, from its original checkout time, while the
+        check runs: the check's time is time the connection was busy for this request.
+        A check interrupted by the caller (task cancelled, KeyboardInterrupt, a
+        gevent-style timeout) is not a failed check: the connection goes back to the
+        pool, or is retired if the interruption left it unusable, then the
+        interruption propagates.
+        """
         assert self._check is not None
         try:
             self._check(conn)
-        except CLIENT_EXCEPTIONS as ex:
+        except Exception as ex:
             logger.info("connection failed check: %s", ex)
-            with self._lock:
-                now = monotonic()
-                self._uncheckout_locked(conn, now)
+            self._giveback_after_check(conn, "check_failed")
+            return False
+        except BaseException:
+            self._giveback_after_check(conn, _interrupted_close_reason(conn))
+            raise
+        return True
+
+    def _giveback_after_check(self, conn: Any, reason: str | None) -> None:
+        """Take back a connection whose check failed or was interrupted (see `_passes_check`)."""
+        with self._lock:
+            now = monotonic()
+            self._uncheckout_locked(conn, now)
+            if reason == "check_failed":
                 self._agg.connections_lost += 1
                 self._count_error_locked("check_failed")
-                close_now = self._put_back_locked(conn, now, "check_failed")
-            if close_now:
-                self._close_connection(conn)
-            self._flush_notifications()
-            if not isinstance(ex, Exception):
-                raise
-            return False
-        with self._lock:  # the hold time starts now, after the check
-            self._out.pop(conn, None)
-            self._out[conn] = monotonic()
-        return True
+            close_now = self._put_back_locked(conn, now, reason)
+        if close_now:
+            self._close_connection(conn)
+        self._flush_notifications()
 
     def _notify_acquire_failure(self, wait: float, error: BaseException, *, queued: bool) -> None:
         if self._observer:
@@ -554,6 +568,10 @@ class ConnectionPool(PoolUpkeep[CT]):
             lock.acquire()
             try:
                 now = monotonic()
+                # _advance_used_locked, inlined
+                if now > self._used_since:
+                    self._used_area += (len(self._out) + self._transit) * (now - self._used_since)
+                    self._used_since = now
                 t_out = self._out.pop(conn, None)
                 if t_out is None:
                     raise self._bad_return_error(conn)
@@ -569,7 +587,6 @@ class ConnectionPool(PoolUpkeep[CT]):
                     hist = self._agg.use
                     hist.counts[bisect_left(hist.bounds, use)] += 1
                     hist.sum += use
-                    self._done_area += use
                     conn._pool = None
                     self._idle_put(conn)
                     if self._pool_full_event is not None:
@@ -634,6 +651,17 @@ class _Borrow(Generic[CT]):
                 conn.__exit__(exc_type, exc_val, exc_tb)
         finally:
             self._pool.putconn(conn)
+
+
+def _interrupted_close_reason(conn: Any) -> str | None:
+    """Why a connection whose check was interrupted cannot be reused, or None if it can.
+
+    psycopg cancels a query interrupted by a task cancellation or KeyboardInterrupt, so
+    the connection is usually idle again; one left mid-query or closed is unusable.
+    """
+    if conn.closed or conn.pgconn.transaction_status != IDLE:
+        return "broken"
+    return None
 
 
 def _failure_outcome(error: BaseException) -> str:

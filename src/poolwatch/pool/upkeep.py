@@ -224,13 +224,20 @@ class PoolUpkeep(Generic[CT], BasePool):
         self.run_task(CloseConnection(self, conn, replace=replace))
 
     def _connect(self, timeout: float | None = None) -> CT:
-        """Open and configure a new connection; count it, and its failure."""
-        conninfo = ensure(self.conninfo) if callable(self.conninfo) else self.conninfo
-        kwargs = (ensure(self.kwargs) if callable(self.kwargs) else self.kwargs) or {}
-        if timeout:
-            kwargs = {**kwargs, "connect_timeout": max(round(timeout), 1)}
+        """Open and configure a new connection; count it, and its failure.
+
+        A ``conninfo`` or ``kwargs`` callable that raises (a secrets vault, a token
+        fetch) fails the connect like the server refusing it would: counted, kept as
+        the cause of a later PoolTimeout, and seen by readiness.
+        """
         t0 = monotonic()
+        conninfo: str = ""
+        kwargs: dict[str, Any] = {}
         try:
+            conninfo = ensure(self.conninfo) if callable(self.conninfo) else self.conninfo
+            kwargs = (ensure(self.kwargs) if callable(self.kwargs) else self.kwargs) or {}
+            if timeout:
+                kwargs = {**kwargs, "connect_timeout": max(round(timeout), 1)}
             conn = self.connection_class.connect(conninfo, **kwargs)
         except CLIENT_EXCEPTIONS as ex:
             with self._lock:
