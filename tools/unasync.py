@@ -57,6 +57,8 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\bAWaiter\b", "Waiter"),
     (r"\bAWorker\b", "Worker"),
     (r"\bacheck_running_loop\b", "check_running_loop"),
+    (r"\bacurrent_loop\b", "current_loop"),
+    (r"\baawait_detached\b", "await_detached"),
     (r"\baensure\b", "ensure"),
     (r"\bagather\b", "gather"),
     (r"\basleep\b", "sleep"),

@@ -45,13 +45,22 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
     async def _return_connection(self, conn: Any) -> None:
         """Bring a returned connection back to a clean state, then reuse or retire it."""
         conn._pool = None
-        reason = await self._reset_connection(conn)
-        with self._lock:
-            now = monotonic()
-            self._transit_change_locked(now, -1)
-            close_now = self._put_back_locked(conn, now, reason)
-        if close_now:
-            await self._close_connection(conn)
+        try:
+            reason = await self._reset_connection(conn)
+        except BaseException:
+            # Interrupted mid-reset (a cancellation, KeyboardInterrupt, gevent.Timeout):
+            # the session's state is unknown, so the connection is retired, and the
+            # interruption goes on to whoever ran the return (a worker logs it).
+            logger.warning("reset of a returned connection interrupted: discarding %s", conn)
+            reason = "reset_failed"
+            raise
+        finally:
+            with self._lock:
+                now = monotonic()
+                self._transit_change_locked(now, -1)
+                close_now = self._put_back_locked(conn, now, reason)
+            if close_now:
+                await self._close_connection(conn)
 
     async def _reset_connection(self, conn: Any) -> str | None:
         """Roll back and run ``reset``; return why the connection must go, or None."""
@@ -68,7 +77,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
                 self._count_error_locked("rollback_on_return")
             try:
                 await conn.rollback()
-            except ACLIENT_EXCEPTIONS as ex:
+            except Exception as ex:  # an interruption is not a failed reset: it goes on
                 logger.warning(
                     "rollback failed: %s: %s. Discarding connection %s", type(ex).__name__, ex, conn
                 )
@@ -83,7 +92,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
         if self._reset is not None:
             try:
                 await self._run_callback("reset", self._reset, conn)
-            except ACLIENT_EXCEPTIONS as ex:
+            except Exception as ex:
                 logger.warning("error resetting connection: %s", ex)
                 with self._lock:
                     self._count_error_locked("reset_failed")
@@ -151,7 +160,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
             self._transit_change_locked(monotonic(), len(conns))  # busy while being checked
             if self._grow_if_useful_locked():
                 self.run_task(AddConnection(self, growing=True))
-        for conn in conns:
+        for i, conn in enumerate(conns):
             reason: str | None = None
             if conn._expire_at <= monotonic():
                 logger.info("discarding expired connection %s", conn)
@@ -159,9 +168,15 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
             else:
                 try:
                     await self.check_connection(conn)
-                except ACLIENT_EXCEPTIONS:
+                except Exception:
                     logger.warning("discarding broken connection: %s", conn)
                     reason = "broken"
+                except BaseException:
+                    # Interrupted (the caller cancelled, or a KeyboardInterrupt): stop
+                    # checking, and let the interruption go on once every connection
+                    # taken out is accounted for again.
+                    await self._abandon_check(conn, conns[i + 1 :])
+                    raise
             with self._lock:
                 now = monotonic()
                 self._transit_change_locked(now, -1)
@@ -171,6 +186,21 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
                 close_now = self._put_back_locked(conn, now, reason)
             if close_now:
                 await self._close_connection(conn)
+        self._flush_notifications()
+
+    async def _abandon_check(self, current: Any, unchecked: list[Any]) -> None:
+        """Put back the connections of an interrupted `check()`.
+
+        The one being checked is in an unknown state (mid-query) and is retired; those
+        not checked yet go back as they were.
+        """
+        with self._lock:
+            now = monotonic()
+            self._transit_change_locked(now, -1 - len(unchecked))
+            to_close = [current] if self._put_back_locked(current, now, "broken") else []
+            to_close += [conn for conn in unchecked if self._put_back_locked(conn, now)]
+        for conn in to_close:
+            await self._close_connection(conn)
         self._flush_notifications()
 
     @staticmethod
@@ -218,7 +248,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
         t0 = monotonic()
         try:
             conn = await self.connection_class.connect(conninfo, **kwargs)
-        except ACLIENT_EXCEPTIONS as ex:
+        except BaseException as ex:
             with self._lock:
                 self._connect_failed_locked(monotonic() - t0, ex)
             if self._observer:
@@ -235,7 +265,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
                 await self._read_server_budget(conn)
             if self._configure is not None:
                 await self._run_callback("configure", self._configure, conn)
-        except ACLIENT_EXCEPTIONS as ex:
+        except BaseException as ex:  # even an interruption must not leave it open
             with self._lock:
                 self._connect_failed_locked(monotonic() - t0, ex)
             await self._close_connection(conn)
@@ -271,8 +301,11 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
             attempt = Backoff(timeout=self.reconnect_timeout)
         try:
             conn = await self._connect()
-        except ACLIENT_EXCEPTIONS as ex:
-            logger.warning("error connecting in %r: %s", self.name, ex)
+        except BaseException as ex:
+            # An interruption (KeyboardInterrupt or gevent.Timeout from configure) is
+            # handled as a failed attempt, so that the room reserved for the connection
+            # is retried or released; then it goes on to the worker, which logs it.
+            logger.warning("error connecting in %r: %s: %s", self.name, type(ex).__name__, ex)
             if attempt.time_to_give_up(now):
                 logger.warning(
                     "reconnection attempt in pool %r failed after %s sec",
@@ -289,6 +322,8 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
                 await self.schedule_task(
                     AddConnection(self, attempt, growing=growing), attempt.delay
                 )
+            if not isinstance(ex, Exception):
+                raise
             return
 
         logger.info("adding new connection to the pool %r", self.name)
@@ -358,3 +393,11 @@ async def _worker(tasks: AQueue[MaintenanceTask]) -> None:
             await task.run()
         except ACLIENT_EXCEPTIONS as ex:
             logger.warning("task run %s failed: %s: %s", task, type(ex).__name__, ex)
+        except BaseException as ex:
+            # KeyboardInterrupt, SystemExit or gevent.Timeout raised by a user callback
+            # (configure, reset, reconnect_failed) the task ran. The task has retired
+            # its connection and fixed the counts before letting it out; there is no
+            # caller to raise it to, and a dead worker would stall the pool for good.
+            logger.error(
+                "task run %s interrupted: %s: %s; the worker goes on", task, type(ex).__name__, ex
+            )
