@@ -241,9 +241,11 @@ class ConnectionPool(PoolUpkeep[CT]):
         Waits up to *timeout* seconds for the background workers to stop.
 
         Raises:
-            RuntimeError: called in another event loop than the one that opened the
-                pool (its workers can only be awaited there); the pool stays open.
+            RuntimeError: (async pool only) called on another event loop than the
+                one that opened the pool, where its workers run; the pool stays open.
         """
+        if self._closed:
+            return
         loop = self._loop
         if loop is not None and current_loop() is not loop and not loop.is_closed():
             raise RuntimeError(

@@ -240,9 +240,11 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
         Waits up to *timeout* seconds for the background workers to stop.
 
         Raises:
-            RuntimeError: called in another event loop than the one that opened the
-                pool (its workers can only be awaited there); the pool stays open.
+            RuntimeError: (async pool only) called on another event loop than the
+                one that opened the pool, where its workers run; the pool stays open.
         """
+        if self._closed:
+            return
         loop = self._loop
         if loop is not None and acurrent_loop() is not loop and not loop.is_closed():
             raise RuntimeError(
