@@ -59,6 +59,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\bacheck_running_loop\b", "check_running_loop"),
     (r"\bacurrent_loop\b", "current_loop"),
     (r"\baawait_detached\b", "await_detached"),
+    (r"\bacancelling\b", "cancelling"),
     (r"\baensure\b", "ensure"),
     (r"\bagather\b", "gather"),
     (r"\basleep\b", "sleep"),

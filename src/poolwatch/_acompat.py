@@ -127,6 +127,20 @@ def current_loop() -> Any:
     return None
 
 
+def acancelling() -> bool:
+    """Whether the current task is being cancelled (from outside, not by what it ran).
+
+    Python 3.10 cannot tell: any cancellation then counts as the task's own.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or bool(cancelling())
+
+
+def cancelling() -> bool:
+    return False  # a thread cannot be cancelled
+
+
 _detached: set[asyncio.Task[Any]] = set()  # strong references until they end
 
 

@@ -85,6 +85,14 @@ def backend_stopped(pid: int) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
+async def within(seconds: float, coro):
+    """``async with asyncio.timeout()`` around *coro* (wait_for before Python 3.11)."""
+    if not hasattr(asyncio, "timeout"):
+        return await asyncio.wait_for(coro, seconds)
+    async with asyncio.timeout(seconds):
+        return await coro
+
+
 # --- configure ---
 
 
@@ -214,9 +222,8 @@ async def test_cancelled_putconn_lets_the_cancellation_out(pg):
         await conn.execute("SELECT 1")  # a transaction is open: putconn must roll back
         t0 = time.monotonic()
         with backend_stopped(conn.info.backend_pid):
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.1):
-                    await pool.putconn(conn)
+            with pytest.raises(asyncio.TimeoutError):
+                await within(0.1, pool.putconn(conn))
             elapsed = time.monotonic() - t0
         # psycopg alone would hold the cancellation for its 5 s cancel wait.
         assert elapsed < 4.0, elapsed
@@ -342,3 +349,94 @@ def test_interrupted_wait_for_a_connection_is_counted_sync(dsn):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+# --- reconnect_failed ---
+
+
+def test_base_exception_in_reconnect_failed_keeps_the_worker(pg):
+    """The only worker survives an interrupting reconnect_failed and serves the next growth."""
+    app = app_name()
+    good = pg.dsn(application_name=app)
+    bad = pg.dsn(application_name=app, port=1)  # nothing listens on port 1
+    called = threading.Event()
+
+    def conninfo():
+        return good if called.is_set() else bad
+
+    def reconnect_failed(pool):
+        called.set()
+        raise KeyboardInterrupt
+
+    with ConnectionPool(
+        conninfo,
+        min_size=1,
+        num_workers=1,
+        reconnect_timeout=0,
+        reconnect_failed=reconnect_failed,
+    ) as pool:
+        assert called.wait(30)
+        wait_until(lambda: pool.snapshot().size == 0, timeout=15)
+        with pool.connection(timeout=15) as conn:  # needs the worker to open one
+            conn.execute("SELECT 1")
+        assert_accounts(pool, pg, app)
+
+
+async def test_base_exception_in_reconnect_failed_keeps_the_worker_async(pg):
+    app = app_name()
+    good = pg.dsn(application_name=app)
+    bad = pg.dsn(application_name=app, port=1)
+    called = asyncio.Event()
+
+    async def conninfo():
+        return good if called.is_set() else bad
+
+    async def reconnect_failed(pool):
+        called.set()
+        raise Interrupt
+
+    async with AsyncConnectionPool(
+        conninfo,
+        min_size=1,
+        num_workers=1,
+        reconnect_timeout=0,
+        reconnect_failed=reconnect_failed,
+    ) as pool:
+        await asyncio.wait_for(called.wait(), 30)
+        await await_until(lambda: pool.snapshot().size == 0, timeout=15)
+        async with pool.connection(timeout=15) as conn:
+            await conn.execute("SELECT 1")
+        assert_accounts(pool, pg, app)
+
+
+# --- the event loop ends under a busy worker ---
+
+
+def test_loop_ending_while_a_worker_runs_a_task_does_not_hang(pg):
+    """asyncio.run() cancels the workers on exit: one busy in configure must end too."""
+    app = app_name()
+    entered = threading.Event()
+
+    async def configure(conn):
+        entered.set()
+        await asyncio.sleep(5)
+
+    async def main():
+        pool = AsyncConnectionPool(
+            pg.dsn(application_name=app), min_size=1, configure=configure, open=False
+        )
+        await pool.open()
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        return pool  # left open on purpose: the loop's end must stop its workers
+
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        outcome["pool"] = asyncio.run(main())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "asyncio.run() never returned: a worker outlived its loop"
+    assert entered.is_set()
+    wait_until(lambda: pg.backends(app) == 0, timeout=15)  # the half-configured one closed

@@ -15,7 +15,7 @@ from typing import Any, Generic
 from psycopg import errors as e
 from psycopg.pq import TransactionStatus
 
-from .._acompat import CLIENT_EXCEPTIONS, Queue, ensure
+from .._acompat import CLIENT_EXCEPTIONS, Queue, cancelling, ensure
 from ..abc import CT, ConnectFailedCB, ConnectionCB, ConninfoParam, KwargsParam
 from ._redact import redact, secrets_in
 from .base import SERVER_BUDGET_SQL, Backoff, BasePool
@@ -391,6 +391,10 @@ def _worker(tasks: Queue[MaintenanceTask]) -> None:
         try:
             task.run()
         except CLIENT_EXCEPTIONS as ex:
+            if not isinstance(ex, Exception) and cancelling():
+                # The worker itself is cancelled (its event loop is ending): waiting
+                # for the next task would keep the loop from ever finishing.
+                raise
             logger.warning("task run %s failed: %s: %s", task, type(ex).__name__, ex)
         except BaseException as ex:
             # KeyboardInterrupt, SystemExit or gevent.Timeout raised by a user callback

@@ -14,7 +14,7 @@ from typing import Any, Generic
 from psycopg import errors as e
 from psycopg.pq import TransactionStatus
 
-from .._acompat import ACLIENT_EXCEPTIONS, AQueue, aensure
+from .._acompat import ACLIENT_EXCEPTIONS, AQueue, acancelling, aensure
 from ..abc import ACT, AsyncConnectFailedCB, AsyncConnectionCB, AsyncConninfoParam, AsyncKwargsParam
 from ._redact import redact, secrets_in
 from .base import SERVER_BUDGET_SQL, Backoff, BasePool
@@ -392,6 +392,10 @@ async def _worker(tasks: AQueue[MaintenanceTask]) -> None:
         try:
             await task.run()
         except ACLIENT_EXCEPTIONS as ex:
+            if not isinstance(ex, Exception) and acancelling():
+                # The worker itself is cancelled (its event loop is ending): waiting
+                # for the next task would keep the loop from ever finishing.
+                raise
             logger.warning("task run %s failed: %s: %s", task, type(ex).__name__, ex)
         except BaseException as ex:
             # KeyboardInterrupt, SystemExit or gevent.Timeout raised by a user callback
