@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import suppress
 from inspect import isawaitable
 from typing import Any, TypeAlias, TypeVar
 
@@ -44,13 +45,19 @@ def _call_in_loop(loop: asyncio.AbstractEventLoop, f: Callable[..., Any], *args:
     asyncio's objects are not thread-safe: touched from another thread they do not wake
     their loop, which then sees the change only when something else wakes it.
     """
-    if not _on_other_loop(loop):
+    if not loop.is_closed():
+        if not _on_other_loop(loop):
+            f(*args)
+            return
+        try:
+            loop.call_soon_threadsafe(f, *args)
+            return
+        except RuntimeError:  # the loop closed in the meantime
+            pass
+    # A closed loop has nobody left to wake, but the change is kept (a task queued
+    # for ended workers is still found by close()); waking one of its futures fails.
+    with suppress(RuntimeError):
         f(*args)
-        return
-    try:
-        loop.call_soon_threadsafe(f, *args)
-    except RuntimeError:  # the loop is closed: nobody is left to wake
-        pass
 
 
 class AEvent(asyncio.Event):

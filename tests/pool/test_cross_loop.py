@@ -126,3 +126,27 @@ async def test_close_from_another_loop_is_refused_clearly(dsn, other_loop):
         assert not pool.closed
         async with pool.connection(timeout=10) as conn:
             await conn.execute("SELECT 1")
+
+
+async def test_pool_outliving_its_loop_can_still_be_closed_cleanly(pg):
+    """The loop that opened the pool ended; a return queued since is run by close()."""
+    app = f"xl-{uuid.uuid4().hex[:10]}"
+
+    async def reset(conn):
+        pass
+
+    async def open_pool():
+        pool = AsyncConnectionPool(
+            pg.dsn(application_name=app), min_size=1, reset=reset, open=False
+        )
+        await pool.open(wait=True, timeout=30)
+        return pool
+
+    pool = await asyncio.to_thread(asyncio.run, open_pool())  # that loop is gone now
+    conn = await pool.getconn(timeout=10)
+    await pool.putconn(conn)  # queued for workers that ended with their loop
+    await pool.close(timeout=5)
+    s = pool.snapshot()
+    assert (s.size, s.used, s.idle) == (0, 0, 0)
+    assert conn.closed
+    await await_until(lambda: pg.backends(app) == 0, timeout=15)
