@@ -225,6 +225,7 @@ async def test_cancelled_putconn_lets_the_cancellation_out(pg):
             with pytest.raises(asyncio.TimeoutError):
                 await within(0.1, pool.putconn(conn))
             elapsed = time.monotonic() - t0
+        print(f"\ncancellation out of putconn after {elapsed:.3f} s")  # for the record (-s)
         # psycopg alone would hold the cancellation for its 5 s cancel wait.
         assert elapsed < 4.0, elapsed
         await await_until(lambda: pool.snapshot().idle == 1, timeout=20)  # replaced
