@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import suppress
 from inspect import isawaitable
 from typing import Any, TypeAlias, TypeVar
 
@@ -30,7 +31,45 @@ def _lock_timeout(seconds: float) -> float:
     return min(max(0.0, seconds), threading.TIMEOUT_MAX)
 
 
+def _on_other_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the caller runs outside *loop* (another thread, or another loop)."""
+    try:
+        return asyncio.get_running_loop() is not loop
+    except RuntimeError:
+        return True
+
+
+def _call_in_loop(loop: asyncio.AbstractEventLoop, f: Callable[..., Any], *args: Any) -> None:
+    """Run *f* now if we are in *loop*, else hand it to *loop* and wake it up.
+
+    asyncio's objects are not thread-safe: touched from another thread they do not wake
+    their loop, which then sees the change only when something else wakes it.
+    """
+    if not loop.is_closed():
+        if not _on_other_loop(loop):
+            f(*args)
+            return
+        try:
+            loop.call_soon_threadsafe(f, *args)
+            return
+        except RuntimeError:  # the loop closed in the meantime
+            pass
+    # A closed loop has nobody left to wake, but the change is kept (a task queued
+    # for ended workers is still found by close()); waking one of its futures fails.
+    with suppress(RuntimeError):
+        f(*args)
+
+
 class AEvent(asyncio.Event):
+    """An event that may be set from any thread; it belongs to the loop that created it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._owner_loop = asyncio.get_running_loop()
+
+    def set(self) -> None:
+        _call_in_loop(self._owner_loop, super().set)
+
     async def wait_timeout(self, timeout: float) -> bool:
         try:
             await asyncio.wait_for(self.wait(), timeout)
@@ -45,11 +84,31 @@ class Event(threading.Event):
 
 
 class AQueue(asyncio.Queue[T]):
-    pass
+    """An unbounded queue that may be fed from any thread; read by the loop that created it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._owner_loop = asyncio.get_running_loop()
+
+    def put_nowait(self, item: T) -> None:
+        _call_in_loop(self._owner_loop, super().put_nowait, item)
+
+    def take_all(self) -> list[T]:
+        """Remove and return what the queue holds now, without waiting."""
+        items = []
+        while not self.empty():
+            items.append(self.get_nowait())
+        return items
 
 
 class Queue(queue.Queue[T]):
-    pass
+    def take_all(self) -> list[T]:
+        items = []
+        while True:
+            try:
+                items.append(self.get_nowait())
+            except queue.Empty:
+                return items
 
 
 def acheck_running_loop(what: str) -> None:
@@ -61,6 +120,64 @@ def acheck_running_loop(what: str) -> None:
 
 def check_running_loop(what: str) -> None:
     pass
+
+
+def acurrent_loop() -> asyncio.AbstractEventLoop | None:
+    """The running event loop, if any (a sync pool has none: always None)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def current_loop() -> Any:
+    return None
+
+
+def acancelling() -> bool:
+    """Whether the current task is being cancelled (from outside, not by what it ran).
+
+    Python 3.10 cannot tell: any cancellation then counts as the task's own.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or bool(cancelling())
+
+
+def cancelling() -> bool:
+    return False  # a thread cannot be cancelled
+
+
+_detached: set[asyncio.Task[Any]] = set()  # strong references until they end
+
+
+def _forget_detached(task: asyncio.Task[Any]) -> None:
+    _detached.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: the task's code logs its own failures
+
+
+async def aawait_detached(f: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    """Await ``f(*args)`` in a task of its own: cancelling the caller does not wait for it.
+
+    If the caller is cancelled, the task is cancelled too, and the caller's
+    CancelledError goes on at once: the task finishes its cleanup in the background
+    (psycopg answers a cancellation by cancelling the query on the server and waiting
+    up to 5 seconds for it, which the caller must not wait for).
+    """
+    task = asyncio.get_running_loop().create_task(f(*args))
+    _detached.add(task)
+    task.add_done_callback(_forget_detached)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+
+
+def await_detached(f: Callable[..., T], *args: Any) -> T:
+    # A thread cannot be cancelled from outside: the call simply runs in the caller.
+    return f(*args)
 
 
 def aspawn(
@@ -120,10 +237,11 @@ class AWaiter:
     waiter that has already abandoned is refused and goes to the next one.
     """
 
-    __slots__ = ("_fut", "conn", "error", "settled", "started_at")
+    __slots__ = ("_fut", "_loop", "conn", "error", "settled", "started_at")
 
     def __init__(self, started_at: float) -> None:
-        self._fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._fut: asyncio.Future[None] = self._loop.create_future()
         self.started_at = started_at
         self.conn: Any = None
         self.error: BaseException | None = None
@@ -134,8 +252,7 @@ class AWaiter:
             return False
         self.settled = True
         self.conn = conn
-        if not self._fut.done():
-            self._fut.set_result(None)
+        self._wake()
         return True
 
     def fail(self, error: BaseException) -> bool:
@@ -143,9 +260,17 @@ class AWaiter:
             return False
         self.settled = True
         self.error = error
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        # The waiter's request may run on another event loop (another thread) than the
+        # code settling it: its future is then woken through its own loop.
+        _call_in_loop(self._loop, self._wake_here)
+
+    def _wake_here(self) -> None:
         if not self._fut.done():
             self._fut.set_result(None)
-        return True
 
     def abandon(self) -> bool:
         """Give up waiting; False if the waiter was settled first."""

@@ -161,8 +161,10 @@ class BasePool:
 
     Every method ending in ``_locked`` must be called with ``self._lock`` held. The
     lock is a `threading.Lock` in both variants: no critical section awaits, so the
-    async pool needs no asyncio lock, and a thread returning a connection to an
-    async pool stays safe.
+    async pool needs no asyncio lock. An async pool may lend and take back
+    connections on other event loops (other threads) than its own: its waiters,
+    task queue and events wake their own loop thread-safely (see `_acompat`). Only
+    opening and closing must happen on the loop that runs its workers.
     """
 
     _ASYNC: ClassVar[bool]

@@ -14,11 +14,14 @@ from psycopg import AsyncConnection
 from psycopg import errors as e
 
 from .._acompat import (
+    ACLIENT_EXCEPTIONS,
     AEvent,
     AQueue,
     AWaiter,
     AWorker,
+    aawait_detached,
     acheck_running_loop,
+    acurrent_loop,
     agather,
     asleep,
     aspawn,
@@ -122,6 +125,7 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
         self._sched_runner: AWorker | None = None
         self._workers: list[AWorker] = []
         self._pool_full_event: AEvent | None = None
+        self._loop: Any = None  # async: the event loop that opened the pool, its workers' loop
 
         super().__init__(
             min_size=min_size,
@@ -193,6 +197,7 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
             acheck_running_loop(f"opening {type(self).__name__}")
             self._tasks = AQueue()
             self._sched = AsyncScheduler()
+            self._loop = acurrent_loop()
             self._closed = False
             self._opened = True
         self._register_open()
@@ -242,7 +247,19 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
 
         Idle connections are closed now; checked-out ones when they come back.
         Waits up to *timeout* seconds for the background workers to stop.
+
+        Raises:
+            RuntimeError: (async pool only) called on another event loop than the
+                one that opened the pool, where its workers run; the pool stays open.
         """
+        if self._closed:
+            return
+        loop = self._loop
+        if loop is not None and acurrent_loop() is not loop and not loop.is_closed():
+            raise RuntimeError(
+                f"pool {self.name!r} must be closed in the event loop that opened it,"
+                " where its workers run; other loops may only take and return connections"
+            )
         with self._lock:
             if self._closed:
                 return
@@ -266,8 +283,20 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
         if self._sched_runner:
             workers.append(self._sched_runner)
             self._sched_runner = None
+        if loop is not None and loop.is_closed():
+            workers = []  # they ended with their loop
         for name in await agather(workers, timeout):
             logger.warning("couldn't stop worker %r of pool %r in %s sec", name, self.name, timeout)
+        # A return queued from another thread or event loop can land behind the stop
+        # signals, where no worker takes it: run what is left, so that every returned
+        # connection is accounted for and closed on the server.
+        for task in self._tasks.take_all():
+            if isinstance(task, StopWorker):
+                continue
+            try:
+                await task.run()
+            except ACLIENT_EXCEPTIONS as ex:
+                logger.warning("task run %s failed: %s: %s", task, type(ex).__name__, ex)
         for conn in idle:
             await self._close_connection(conn)
         # The summary of warnings held back belongs before the pool's end, not after it.
@@ -445,7 +474,7 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
                     else:
                         waiter = self._queue_or_reserve_locked(t0)
                         queued = queued or waiter is not None
-        except BaseException as ex:  # whatever ends the request, its outcome is counted
+        except BaseException as ex:  # whatever ends the request (a KeyboardInterrupt too)
             wait = monotonic() - t0
             with self._lock:
                 self._record_acquire_locked(_failure_outcome(ex), wait, queued=queued)
@@ -609,32 +638,41 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
             use = self._checkin_locked(conn, now, still_used=not close_now)
             if close_now:
                 self._drop_returned_locked(conn, now)
+            # Decided and queued under the lock: close() sets _closed under it, then
+            # queues the workers' stop signals, so a return queued here runs first.
+            queued = not close_now and self._reset is not None and not self._closed
+            if queued:
+                self.run_task(ReturnConnection(self, conn))
         if self._observer:
             self._observer.on_release(use)
         if close_now:
             await self._close_connection(conn)
             self._flush_notifications()
             return
-        if self._reset is not None and not self._closed:
-            self.run_task(ReturnConnection(self, conn))
-        else:
-            await self._return_connection(conn)
+        if not queued:
+            # Detached: if the caller is cancelled mid-rollback, its cancellation goes
+            # on at once while the interrupted return retires the connection.
+            await aawait_detached(self._return_connection, conn)
         self._flush_notifications()
 
 
 class _AsyncBorrow(Generic[ACT]):
     """What `AsyncConnectionPool.connection()` returns: a light context manager (`async with `)."""
 
-    __slots__ = ("_conn", "_pool", "_timeout")
+    __slots__ = ("_checkout", "_conn", "_pool", "_timeout")
 
     def __init__(self, pool: AsyncConnectionPool[ACT], timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
         self._conn: ACT | None = None
+        self._checkout: float | None = None
 
     async def __aenter__(self) -> ACT:
-        self._conn = await self._pool.getconn(self._timeout)
-        return self._conn
+        self._conn = conn = await self._pool.getconn(self._timeout)
+        # The pool's record of this checkout (its start time): the very object, kept
+        # referenced, identifies this lending of the connection apart from later ones.
+        self._checkout = self._pool._out.get(conn)
+        return conn
 
     async def __aexit__(
         self,
@@ -645,6 +683,12 @@ class _AsyncBorrow(Generic[ACT]):
         conn = self._conn
         assert conn is not None
         self._conn = None
+        if self._pool._out.get(conn) is not self._checkout:
+            # Given back during the block (conn.close() with close_returns=True), and
+            # maybe lent to someone else already: a commit or rollback here would end
+            # their transaction, a return would take their connection. Nothing to do.
+            logger.debug("connection given back before the end of its block: %s", conn)
+            return
         try:
             # psycopg's connection exit commits or rolls back; with no transaction
             # open and no error, it would do nothing, so skip the call.

@@ -15,7 +15,7 @@ from typing import Any, Generic
 from psycopg import errors as e
 from psycopg.pq import TransactionStatus
 
-from .._acompat import CLIENT_EXCEPTIONS, Queue, ensure
+from .._acompat import CLIENT_EXCEPTIONS, Queue, cancelling, ensure
 from ..abc import CT, ConnectFailedCB, ConnectionCB, ConninfoParam, KwargsParam
 from ._lograte import pool_warning
 from ._redact import redact, secrets_in
@@ -47,13 +47,22 @@ class PoolUpkeep(Generic[CT], BasePool):
     def _return_connection(self, conn: Any) -> None:
         """Bring a returned connection back to a clean state, then reuse or retire it."""
         conn._pool = None
-        reason = self._reset_connection(conn)
-        with self._lock:
-            now = monotonic()
-            self._transit_change_locked(now, -1)
-            close_now = self._put_back_locked(conn, now, reason)
-        if close_now:
-            self._close_connection(conn)
+        try:
+            reason = self._reset_connection(conn)
+        except BaseException:
+            # Interrupted mid-reset (a cancellation, KeyboardInterrupt, gevent.Timeout):
+            # the session's state is unknown, so the connection is retired, and the
+            # interruption goes on to whoever ran the return (a worker logs it).
+            logger.warning("reset of a returned connection interrupted: discarding %s", conn)
+            reason = "reset_failed"
+            raise
+        finally:
+            with self._lock:
+                now = monotonic()
+                self._transit_change_locked(now, -1)
+                close_now = self._put_back_locked(conn, now, reason)
+            if close_now:
+                self._close_connection(conn)
 
     def _reset_connection(self, conn: Any) -> str | None:
         """Roll back and run ``reset``; return why the connection must go, or None.
@@ -71,7 +80,7 @@ class PoolUpkeep(Generic[CT], BasePool):
                 self._count_error_locked("rollback_on_return")
             try:
                 conn.rollback()
-            except CLIENT_EXCEPTIONS as ex:
+            except Exception as ex:  # an interruption is not a failed reset: it goes on
                 logger.warning(
                     "rollback failed: %s: %s. Discarding connection %s", type(ex).__name__, ex, conn
                 )
@@ -85,7 +94,7 @@ class PoolUpkeep(Generic[CT], BasePool):
             # Called even on a connection just closed above, as psycopg_pool does.
             try:
                 self._run_callback("reset", self._reset, conn)
-            except CLIENT_EXCEPTIONS as ex:
+            except Exception as ex:
                 logger.warning("error resetting connection: %s", ex)
                 if reason is None:
                     reason = "reset_failed"
@@ -165,7 +174,7 @@ class PoolUpkeep(Generic[CT], BasePool):
             self._transit_change_locked(monotonic(), len(conns))  # busy while being checked
             if self._grow_if_useful_locked():
                 self.run_task(AddConnection(self, growing=True))
-        for conn in conns:
+        for i, conn in enumerate(conns):
             reason: str | None = None
             if conn._expire_at <= monotonic():
                 logger.info("discarding expired connection %s", conn)
@@ -173,9 +182,15 @@ class PoolUpkeep(Generic[CT], BasePool):
             else:
                 try:
                     self.check_connection(conn)
-                except CLIENT_EXCEPTIONS:
+                except Exception:
                     pool_warning(self, "discarding broken connection: %s", conn)
                     reason = "broken"
+                except BaseException:
+                    # Interrupted (the caller cancelled, or a KeyboardInterrupt): stop
+                    # checking, and let the interruption go on once every connection
+                    # taken out is accounted for again.
+                    self._abandon_check(conn, conns[i + 1 :])
+                    raise
             with self._lock:
                 now = monotonic()
                 self._transit_change_locked(now, -1)
@@ -185,6 +200,21 @@ class PoolUpkeep(Generic[CT], BasePool):
                 close_now = self._put_back_locked(conn, now, reason)
             if close_now:
                 self._close_connection(conn)
+        self._flush_notifications()
+
+    def _abandon_check(self, current: Any, unchecked: list[Any]) -> None:
+        """Put back the connections of an interrupted `check()`.
+
+        The one being checked is in an unknown state (mid-query) and is retired; those
+        not checked yet go back as they were.
+        """
+        with self._lock:
+            now = monotonic()
+            self._transit_change_locked(now, -1 - len(unchecked))
+            to_close = [current] if self._put_back_locked(current, now, "broken") else []
+            to_close += [conn for conn in unchecked if self._put_back_locked(conn, now)]
+        for conn in to_close:
+            self._close_connection(conn)
         self._flush_notifications()
 
     @staticmethod
@@ -239,7 +269,7 @@ class PoolUpkeep(Generic[CT], BasePool):
             if timeout:
                 kwargs = {**kwargs, "connect_timeout": max(round(timeout), 1)}
             conn = self.connection_class.connect(conninfo, **kwargs)
-        except CLIENT_EXCEPTIONS as ex:
+        except BaseException as ex:
             with self._lock:
                 self._connect_failed_locked(monotonic() - t0, ex)
             if self._observer:
@@ -256,7 +286,7 @@ class PoolUpkeep(Generic[CT], BasePool):
                 self._read_server_budget(conn)
             if self._configure is not None:
                 self._run_callback("configure", self._configure, conn)
-        except CLIENT_EXCEPTIONS as ex:
+        except BaseException as ex:  # even an interruption must not leave it open
             with self._lock:
                 self._connect_failed_locked(monotonic() - t0, ex)
             self._close_connection(conn)
@@ -292,8 +322,13 @@ class PoolUpkeep(Generic[CT], BasePool):
             attempt = Backoff(timeout=self.reconnect_timeout)
         try:
             conn = self._connect()
-        except CLIENT_EXCEPTIONS as ex:
-            pool_warning(self, "error connecting in %r: %s", self.name, ex)
+        except BaseException as ex:
+            # An interruption (KeyboardInterrupt or gevent.Timeout from configure) is
+            # handled as a failed attempt, so that the room reserved for the connection
+            # is retried or released; then it goes on to the worker, which logs it.
+            # psycopg_pool's wording, with the class added where the message alone
+            # would be empty (a bare KeyboardInterrupt).
+            pool_warning(self, "error connecting in %r: %s", self.name, str(ex) or repr(ex))
             if attempt.time_to_give_up(now):
                 pool_warning(
                     self,
@@ -309,6 +344,8 @@ class PoolUpkeep(Generic[CT], BasePool):
             else:
                 attempt.update_delay(now)
                 self.schedule_task(AddConnection(self, attempt, growing=growing), attempt.delay)
+            if not isinstance(ex, Exception):
+                raise
             return
 
         logger.info("adding new connection to the pool %r", self.name)
@@ -378,4 +415,16 @@ def _worker(tasks: Queue[MaintenanceTask]) -> None:
         try:
             task.run()
         except CLIENT_EXCEPTIONS as ex:
+            if not isinstance(ex, Exception) and cancelling():
+                # The worker itself is cancelled (its event loop is ending): waiting
+                # for the next task would keep the loop from ever finishing.
+                raise
             logger.warning("task run %s failed: %s: %s", task, type(ex).__name__, ex)
+        except BaseException as ex:
+            # KeyboardInterrupt, SystemExit or gevent.Timeout raised by a user callback
+            # (configure, reset, reconnect_failed) the task ran. The task has retired
+            # its connection and fixed the counts before letting it out; there is no
+            # caller to raise it to, and a dead worker would stall the pool for good.
+            logger.error(
+                "task run %s interrupted: %s: %s; the worker goes on", task, type(ex).__name__, ex
+            )

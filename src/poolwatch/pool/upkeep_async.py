@@ -14,7 +14,7 @@ from typing import Any, Generic
 from psycopg import errors as e
 from psycopg.pq import TransactionStatus
 
-from .._acompat import ACLIENT_EXCEPTIONS, AQueue, aensure
+from .._acompat import ACLIENT_EXCEPTIONS, AQueue, acancelling, aensure
 from ..abc import ACT, AsyncConnectFailedCB, AsyncConnectionCB, AsyncConninfoParam, AsyncKwargsParam
 from ._lograte import pool_warning
 from ._redact import redact, secrets_in
@@ -46,13 +46,22 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
     async def _return_connection(self, conn: Any) -> None:
         """Bring a returned connection back to a clean state, then reuse or retire it."""
         conn._pool = None
-        reason = await self._reset_connection(conn)
-        with self._lock:
-            now = monotonic()
-            self._transit_change_locked(now, -1)
-            close_now = self._put_back_locked(conn, now, reason)
-        if close_now:
-            await self._close_connection(conn)
+        try:
+            reason = await self._reset_connection(conn)
+        except BaseException:
+            # Interrupted mid-reset (a cancellation, KeyboardInterrupt, gevent.Timeout):
+            # the session's state is unknown, so the connection is retired, and the
+            # interruption goes on to whoever ran the return (a worker logs it).
+            logger.warning("reset of a returned connection interrupted: discarding %s", conn)
+            reason = "reset_failed"
+            raise
+        finally:
+            with self._lock:
+                now = monotonic()
+                self._transit_change_locked(now, -1)
+                close_now = self._put_back_locked(conn, now, reason)
+            if close_now:
+                await self._close_connection(conn)
 
     async def _reset_connection(self, conn: Any) -> str | None:
         """Roll back and run ``reset``; return why the connection must go, or None.
@@ -70,7 +79,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
                 self._count_error_locked("rollback_on_return")
             try:
                 await conn.rollback()
-            except ACLIENT_EXCEPTIONS as ex:
+            except Exception as ex:  # an interruption is not a failed reset: it goes on
                 logger.warning(
                     "rollback failed: %s: %s. Discarding connection %s", type(ex).__name__, ex, conn
                 )
@@ -84,7 +93,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
             # Called even on a connection just closed above, as psycopg_pool does.
             try:
                 await self._run_callback("reset", self._reset, conn)
-            except ACLIENT_EXCEPTIONS as ex:
+            except Exception as ex:
                 logger.warning("error resetting connection: %s", ex)
                 if reason is None:
                     reason = "reset_failed"
@@ -164,7 +173,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
             self._transit_change_locked(monotonic(), len(conns))  # busy while being checked
             if self._grow_if_useful_locked():
                 self.run_task(AddConnection(self, growing=True))
-        for conn in conns:
+        for i, conn in enumerate(conns):
             reason: str | None = None
             if conn._expire_at <= monotonic():
                 logger.info("discarding expired connection %s", conn)
@@ -172,9 +181,15 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
             else:
                 try:
                     await self.check_connection(conn)
-                except ACLIENT_EXCEPTIONS:
+                except Exception:
                     pool_warning(self, "discarding broken connection: %s", conn)
                     reason = "broken"
+                except BaseException:
+                    # Interrupted (the caller cancelled, or a KeyboardInterrupt): stop
+                    # checking, and let the interruption go on once every connection
+                    # taken out is accounted for again.
+                    await self._abandon_check(conn, conns[i + 1 :])
+                    raise
             with self._lock:
                 now = monotonic()
                 self._transit_change_locked(now, -1)
@@ -184,6 +199,21 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
                 close_now = self._put_back_locked(conn, now, reason)
             if close_now:
                 await self._close_connection(conn)
+        self._flush_notifications()
+
+    async def _abandon_check(self, current: Any, unchecked: list[Any]) -> None:
+        """Put back the connections of an interrupted `check()`.
+
+        The one being checked is in an unknown state (mid-query) and is retired; those
+        not checked yet go back as they were.
+        """
+        with self._lock:
+            now = monotonic()
+            self._transit_change_locked(now, -1 - len(unchecked))
+            to_close = [current] if self._put_back_locked(current, now, "broken") else []
+            to_close += [conn for conn in unchecked if self._put_back_locked(conn, now)]
+        for conn in to_close:
+            await self._close_connection(conn)
         self._flush_notifications()
 
     @staticmethod
@@ -238,7 +268,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
             if timeout:
                 kwargs = {**kwargs, "connect_timeout": max(round(timeout), 1)}
             conn = await self.connection_class.connect(conninfo, **kwargs)
-        except ACLIENT_EXCEPTIONS as ex:
+        except BaseException as ex:
             with self._lock:
                 self._connect_failed_locked(monotonic() - t0, ex)
             if self._observer:
@@ -255,7 +285,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
                 await self._read_server_budget(conn)
             if self._configure is not None:
                 await self._run_callback("configure", self._configure, conn)
-        except ACLIENT_EXCEPTIONS as ex:
+        except BaseException as ex:  # even an interruption must not leave it open
             with self._lock:
                 self._connect_failed_locked(monotonic() - t0, ex)
             await self._close_connection(conn)
@@ -291,8 +321,13 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
             attempt = Backoff(timeout=self.reconnect_timeout)
         try:
             conn = await self._connect()
-        except ACLIENT_EXCEPTIONS as ex:
-            pool_warning(self, "error connecting in %r: %s", self.name, ex)
+        except BaseException as ex:
+            # An interruption (KeyboardInterrupt or gevent.Timeout from configure) is
+            # handled as a failed attempt, so that the room reserved for the connection
+            # is retried or released; then it goes on to the worker, which logs it.
+            # psycopg_pool's wording, with the class added where the message alone
+            # would be empty (a bare KeyboardInterrupt).
+            pool_warning(self, "error connecting in %r: %s", self.name, str(ex) or repr(ex))
             if attempt.time_to_give_up(now):
                 pool_warning(
                     self,
@@ -310,6 +345,8 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
                 await self.schedule_task(
                     AddConnection(self, attempt, growing=growing), attempt.delay
                 )
+            if not isinstance(ex, Exception):
+                raise
             return
 
         logger.info("adding new connection to the pool %r", self.name)
@@ -379,4 +416,16 @@ async def _worker(tasks: AQueue[MaintenanceTask]) -> None:
         try:
             await task.run()
         except ACLIENT_EXCEPTIONS as ex:
+            if not isinstance(ex, Exception) and acancelling():
+                # The worker itself is cancelled (its event loop is ending): waiting
+                # for the next task would keep the loop from ever finishing.
+                raise
             logger.warning("task run %s failed: %s: %s", task, type(ex).__name__, ex)
+        except BaseException as ex:
+            # KeyboardInterrupt, SystemExit or gevent.Timeout raised by a user callback
+            # (configure, reset, reconnect_failed) the task ran. The task has retired
+            # its connection and fixed the counts before letting it out; there is no
+            # caller to raise it to, and a dead worker would stall the pool for good.
+            logger.error(
+                "task run %s interrupted: %s: %s; the worker goes on", task, type(ex).__name__, ex
+            )
