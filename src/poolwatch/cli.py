@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 DEFAULT_PORT = 9187
 # the scenario names, without importing the demo (and its dependencies) for --help
@@ -30,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from .exporter import create_app
+        from .metrics.multiprocess_files import directory_warning
     except ImportError as ex:
         print(
             f"poolwatch serve needs the exporter extra ({ex.name} is missing):"
@@ -37,6 +39,9 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    warning = directory_warning(Path(directory))
+    if warning:
+        print(f"poolwatch serve: warning: {warning}", file=sys.stderr)
     app = create_app(multiproc_dir=directory, token=token)
     where = f"http://{args.host}:{args.port}"
     print(f"poolwatch: serving {where}/metrics and {where}/pools for the pools in {directory}")

@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
         checkouts("mp", int(argv[1]))
         return 0
     if mode == "fork":
-        pool = checkouts("mp", int(argv[1]))
+        parent_pool = checkouts("mp", int(argv[1]))
         child = os.fork()
         if child == 0:
             # Normal interpreter exit in the child: atexit handlers inherited from the
@@ -48,6 +48,7 @@ def main(argv: list[str]) -> int:
                 checkouts("mp", int(argv[2]))
             sys.exit(0)
         _, status = os.waitpid(child, 0)
+        assert not parent_pool.closed  # the parent exits with its pool open
         return os.waitstatus_to_exitcode(status)
     raise SystemExit(f"unknown mode {mode!r}")
 

@@ -130,7 +130,7 @@ def test_serve_in_another_pid_namespace_keeps_gauges_and_readiness(dsn, tmp_path
                 r = httpx.get(url + "/metrics", timeout=10)
                 ready = httpx.get(url + "/readyz", timeout=10)
                 # A request queues for the only connection: after ready_max_wait, not ready.
-                waiter = threading.Thread(target=lambda: pool.getconn(timeout=30))
+                waiter = threading.Thread(target=lambda: pool.connection(timeout=30).__enter__())
                 waiter.start()
                 deadline = time.monotonic() + 30
                 while True:
@@ -154,3 +154,4 @@ def test_serve_in_another_pid_namespace_keeps_gauges_and_readiness(dsn, tmp_path
     assert ready.json()["pools"]["sidecar"]["ready"] is True
     assert exhausted.status_code == 503, exhausted.text
     assert "exhausted" in exhausted.json()["pools"]["sidecar"]["reason"]
+    assert f"{url}/metrics" in out

@@ -173,9 +173,7 @@ HOSTILE = {
     "label outside the contract": lambda good: mutated(
         good, lambda d, e: e["histograms"][0][1].__setitem__(0, "bogus")
     ),
-    "duplicate series": lambda good: mutated(
-        good, lambda d, e: e["scalars"].extend(e["scalars"])
-    ),
+    "duplicate series": lambda good: mutated(good, lambda d, e: e["scalars"].extend(e["scalars"])),
     "1 MB pool name": lambda good: mutated(
         good, lambda d, e: e.__setitem__("pool", "x" * 1_000_000)
     ),
