@@ -5,7 +5,8 @@
                                                      checkouts on a pool of its own and
                                                      exits normally (atexit runs)
 
-PROMETHEUS_MULTIPROC_DIR names the directory and POOLWATCH_TEST_DSN the database.
+PROMETHEUS_MULTIPROC_DIR names the directory and POOLWATCH_TEST_DSN the database;
+POOLWATCH_TEST_LINGER the seconds a pool lives after its work (default 1.5).
 Every pool is registered with prometheus_client's default registry, as an app does.
 """
 
@@ -28,7 +29,7 @@ def checkouts(name: str, n: int) -> ConnectionPool:
         with pool.connection() as conn:
             conn.execute("SELECT 1")
     # Live past one periodic write (WRITE_INTERVAL), as a worker serving requests does.
-    time.sleep(1.5)
+    time.sleep(float(os.environ.get("POOLWATCH_TEST_LINGER", "1.5")))
     return pool
 
 
