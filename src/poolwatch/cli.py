@@ -209,8 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run a standalone exporter that reads the state files that your app's worker"
             " processes write when PROMETHEUS_MULTIPROC_DIR is set, and serves /metrics,"
-            " /pools, /healthz and /readyz for all of them. To export the pools of one"
-            " process, use poolwatch.exporter.start_exporter() or create_app() instead."
+            " /pools, /healthz and /readyz for all of them. It needs no access to the"
+            " workers' pids, so it can run in a sidecar container sharing the directory:"
+            " a worker counts as live while its file is at most 10 s old. /readyz answers"
+            " 503 while no worker has written a live state, or a pool cannot connect or"
+            " has had a request waiting 1 s or more. To export the pools of one process,"
+            " use poolwatch.exporter.start_exporter() or create_app() instead."
         ),
     )
     serve.add_argument(

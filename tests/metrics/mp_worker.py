@@ -4,6 +4,9 @@
     python -m tests.metrics.mp_worker fork N M       N checkouts, fork; the child makes M
                                                      checkouts on a pool of its own and
                                                      exits normally (atexit runs)
+    python -m tests.metrics.mp_worker preload N      a pool made and registered but not
+                                                     opened, then fork; the child opens
+                                                     it and makes N checkouts (--preload)
 
 PROMETHEUS_MULTIPROC_DIR names the directory and POOLWATCH_TEST_DSN the database;
 POOLWATCH_TEST_LINGER the seconds a pool lives after its work (default 1.5).
@@ -50,6 +53,21 @@ def main(argv: list[str]) -> int:
             sys.exit(0)
         _, status = os.waitpid(child, 0)
         assert not parent_pool.closed  # the parent exits with its pool open
+        return os.waitstatus_to_exitcode(status)
+    if mode == "preload":
+        pool = ConnectionPool(
+            os.environ["POOLWATCH_TEST_DSN"], min_size=1, max_size=2, name="mp", open=False
+        )
+        register(pool)
+        time.sleep(1.2)  # the writer thread runs in the parent before the fork
+        child = os.fork()
+        if child == 0:
+            pool.open(wait=True)
+            for _ in range(int(argv[1])):
+                with pool.connection() as conn:
+                    conn.execute("SELECT 1")
+            sys.exit(0)
+        _, status = os.waitpid(child, 0)
         return os.waitstatus_to_exitcode(status)
     raise SystemExit(f"unknown mode {mode!r}")
 

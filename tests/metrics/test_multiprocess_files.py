@@ -114,6 +114,12 @@ def test_a_forked_child_that_does_nothing_adds_nothing(dsn, tmp_path):
     assert acquired(read_directory(tmp_path)) == 40
 
 
+def test_a_pool_made_before_fork_and_opened_in_the_child_counts_there(dsn, tmp_path):
+    """gunicorn --preload: the pool object is made (not opened) in the master."""
+    run_worker(tmp_path, dsn, "preload", "7")
+    assert acquired(read_directory(tmp_path)) == 7
+
+
 def test_a_dead_workers_gauges_go_and_its_counters_stay(dsn, tmp_path):
     """A worker that exits takes its gauges along at once; its counts stay."""
     collector, link = linked(tmp_path)

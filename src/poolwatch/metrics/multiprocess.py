@@ -57,6 +57,7 @@ from .multiprocess_files import (
     read_bounded,
     write_atomically,
 )
+from .names import BY_KEY
 from .state import PoolState, Watchable, merge_states, state_of
 
 if TYPE_CHECKING:
@@ -96,7 +97,10 @@ def _gone(pid: int) -> bool:
 
 
 def _has_activity(state: PoolState) -> bool:
-    return any(sum(h.counts) for h in state.histograms.values())
+    """Whether a pool counted anything yet (a pool never opened has not)."""
+    if any(sum(h.counts) for h in state.histograms.values()):
+        return True
+    return any(v for (k, _), v in state.scalars.items() if BY_KEY[k].type == "counter")
 
 
 class MultiprocessLink:
@@ -116,17 +120,56 @@ class MultiprocessLink:
         self._stop = threading.Event()
         self._atexit = False
         self._new_incarnation(inherited=())
+        self._parents_pools: list[Watchable] = []
         me = weakref.ref(self)
 
-        def forked() -> None:
+        def before() -> None:
             link = me()
             if link is not None:
-                link._new_incarnation(inherited=link._owned_pools())
+                link._before_fork()
 
-        os.register_at_fork(after_in_child=forked)
+        def in_parent() -> None:
+            link = me()
+            if link is not None:
+                link._parents_pools = []
+                link._lock.release()
+
+        def in_child() -> None:
+            link = me()
+            if link is not None:
+                was_writing = link._thread is not None
+                adopted = [*link.collector.pools(), *link._held.values()]
+                link._new_incarnation(inherited=link._parents_pools)
+                link._parents_pools = []
+                for pool in adopted:
+                    link.track(pool)
+                if was_writing:  # the child's heartbeat, or its gauges would go stale
+                    link.start()
+
+        os.register_at_fork(before=before, after_in_parent=in_parent, after_in_child=in_child)
+
+    def _before_fork(self) -> None:
+        """Note which pools are this process's before fork(): a child must not write them.
+
+        A pool that is open or has counted anything belongs to the parent; one never
+        opened (created at import under gunicorn --preload, say) the child may open
+        and count as its own. Holding the lock over fork() also keeps the writer out
+        of a pool's lock at that instant, so the child finds no lock held.
+        """
+        self._lock.acquire()
+        pools = {id(p): p for p in [*self.collector.pools(), *self._held.values()]}
+        try:
+            self._parents_pools = [
+                p
+                for p in pools.values()
+                if p in self._foreign or not p.closed or _has_activity(state_of(p))
+            ]
+        except Exception:  # never block a fork: then all of them are the parent's
+            logger.exception("could not read the pools before fork()")
+            self._parents_pools = list(pools.values())
 
     def _new_incarnation(self, inherited: Any) -> None:
-        """Forget every pool of the previous incarnation; *inherited* pools are not ours."""
+        """Start afresh (in a forked child): *inherited* pools are the parent's, not ours."""
         self._lock = threading.Lock()  # a lock held at fork() stays held in the child
         self._thread: threading.Thread | None = None
         self.incarnation = secrets.token_hex(16)
@@ -141,17 +184,17 @@ class MultiprocessLink:
         # Merged counts of the pools gone, by name.
         self._retired: list[PoolState] = []
 
-    def _owned_pools(self) -> list[Watchable]:
-        return [*self.collector.pools(), *self._held.values(), *self._foreign]
-
     @property
     def path(self) -> Path:
         return self.directory / file_name(self.incarnation)
 
     def track(self, pool: Watchable) -> None:
-        """Hold *pool* from registration on, so that counts made before a first write count."""
+        """Hold *pool* from registration on, so that counts made before a first write count.
+
+        A pool is let go once it has been written closed after counting something.
+        """
         with self._lock:
-            if not pool.closed and pool not in self._foreign:
+            if pool not in self._foreign:
                 token = self._tokens.setdefault(pool, secrets.token_hex(8))
                 self._held[token] = pool
 
@@ -198,7 +241,7 @@ class MultiprocessLink:
             seen.add(token)
             self._states[token] = state
             if closed:
-                self._held.pop(token, None)
+                self._held.pop(token, None)  # its final counts are in _states now
             else:
                 self._held[token] = pool
         gone = [token for token in self._states if token not in seen]
