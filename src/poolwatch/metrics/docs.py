@@ -36,8 +36,9 @@ scrape merges all files per pool name.
   one name, forked children, workers that exit or are killed, and new processes that get
   a dead one's pid. Files are named after a random id per process incarnation (drawn
   again after `fork()`), pools told apart by a random token, never by pid or `id()`.
-  A forked child never writes the pools it inherited. In multiprocess mode a registered
-  open pool is held until it has been written closed, so its last counts are kept.
+  A forked child never writes the pools its parent had opened; one made but not opened
+  before `fork()` (gunicorn `--preload`) counts in the child that opens it. A pool given to
+  `register()` is held until it has been written closed, so its last counts are kept.
 - **Gauges** (connections, pending requests, saturation, oldest wait...) and the
   `poolwatch_pool_info` series come only from live processes: a process is live while its
   file is at most {STALE_AFTER:g} s old and it has not exited. This needs no pid, so it
