@@ -20,7 +20,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from poolwatch import ConnectionPool
-from poolwatch.metrics.multiprocess import MultiprocessLink, read_directory
+from poolwatch.metrics.multiprocess import MultiprocessLink, compact_directory, read_directory
+from poolwatch.metrics.multiprocess_files import decode, read_bounded
 from poolwatch.metrics.prometheus import PoolCollector
 from poolwatch.metrics.state import PoolState
 
@@ -265,3 +266,30 @@ def test_dead_workers_are_compacted_into_one_file(dsn, tmp_path):
     assert acquired(first) == acquired(second) == 2 * dead
     left = sorted(p.name for p in fleet.iterdir())
     assert len(left) <= 2, left[:5]
+
+
+def test_a_process_compacted_while_alive_does_not_count_twice(dsn, tmp_path, caplog_all):
+    """A process silent for COMPACT_AFTER is compacted; if it was only paused, it resumes
+    publishing only what it counted since, so nothing is counted twice."""
+    pool, link = write_good_state(dsn, tmp_path)
+    try:
+        first = link.path
+        content = decode(read_bounded(first))
+        # What a reader does once the file has not changed for COMPACT_AFTER seconds:
+        compact_directory(tmp_path, [(first, content)])
+        assert not first.exists()
+        assert acquired(read_directory(tmp_path), "good") == 3
+        for _ in range(2):
+            with pool.connection():
+                pass
+        link.write()  # the process resumes
+        assert link.path != first
+        assert acquired(read_directory(tmp_path), "good") == 5
+        link.write()
+        assert acquired(link.read_all(), "good") == 5
+    finally:
+        pool.close()
+    assert acquired(link.read_all(), "good") == 5
+    assert any(
+        "compacted while this process was alive" in r.getMessage() for r in caplog_all.records
+    )

@@ -47,8 +47,8 @@ scrape merges all files per pool name.
   {STALE_AFTER:g} s (less in the same PID namespace, where a missing pid is noticed).
 - **Bounded scrapes**: the counts of processes that exited, or whose file has not changed
   for {COMPACT_AFTER:g} s, are folded into one file (`poolwatch-retired.json`) under a lock,
-  and their files removed. A process that stops writing for longer than that and then
-  resumes would have its earlier counts counted twice: keep that limit above any pause.
+  and their files removed. A process that was only paused that long notices that its file
+  is gone when it resumes, and from then on publishes only what it counted since.
 - **Validated files**: a file that is not a regular file, is larger than
   {MAX_FILE_BYTES // 2**20} MiB, is not JSON, holds `NaN`/`Infinity`, negative or huge numbers,
   unknown families, label values outside this table, duplicate series or names longer

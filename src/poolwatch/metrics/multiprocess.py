@@ -33,6 +33,7 @@ What this guarantees:
 from __future__ import annotations
 
 import atexit
+import copy
 import fcntl
 import logging
 import os
@@ -183,6 +184,9 @@ class MultiprocessLink:
         self._states: dict[str, PoolState] = {}
         # Merged counts of the pools gone, by name.
         self._retired: list[PoolState] = []
+        # Counts published by a file that was compacted while we lived (see _rebase).
+        self._baseline: list[PoolState] = []
+        self._last_written: StateFile | None = None
 
     @property
     def path(self) -> Path:
@@ -233,8 +237,8 @@ class MultiprocessLink:
             if pool in self._foreign:
                 continue
             token = self._tokens.setdefault(pool, secrets.token_hex(8))
+            closed = pool.closed  # read first: a state taken after close() is final
             state = state_of(pool)
-            closed = pool.closed
             state.live = not closed
             if closed and token not in self._states and not _has_activity(state):
                 continue  # never opened (yet): nothing to count
@@ -255,19 +259,63 @@ class MultiprocessLink:
             self._collect()
             if not (self._states or self._retired or self._written):
                 return  # nothing of ours (a forked child that made no pool, say)
+            if self._written and not self.path.exists():
+                self._rebase()
+            pools, retired = list(self._states.values()), self._retired
+            if self._baseline:
+                pools, retired = self._minus_baseline([*pools, *retired]), []
             content = StateFile(
                 incarnation=self.incarnation,
                 pid=os.getpid(),
                 pidns=self._pidns,
                 heartbeat=time.time(),
                 exited=exiting,
-                pools=list(self._states.values()),
-                retired=self._retired,
+                pools=pools,
+                retired=retired,
             )
             write_atomically(self.directory, self.path.name, content.encode())
             self._written = True
+            self._last_written = content
             if exiting:
                 self._stop.set()
+
+    def _rebase(self) -> None:
+        """Our file was compacted while we lived (we were silent for COMPACT_AFTER).
+
+        What it held is counted in the retired file now: carry on under a new
+        incarnation that publishes only what came after, or it would count twice.
+        """
+        logger.warning(
+            "%s was compacted while this process was alive (silent for over %gs);"
+            " publishing only the counts made since",
+            self.path,
+            COMPACT_AFTER,
+        )
+        published = self._last_written
+        if published is not None:
+            self._baseline = retired_merge(
+                [*self._baseline, *copy.deepcopy(published.pools + published.retired)]
+            )
+        self.incarnation = secrets.token_hex(16)
+        self._written = False
+
+    def _minus_baseline(self, states: list[PoolState]) -> list[PoolState]:
+        """*states* merged per name, less the counts already in the retired file."""
+        merged = merge_states(states)
+        base = {s.pool: s for s in self._baseline}
+        for state in merged:
+            done = base.get(state.pool)
+            if done is None:
+                continue
+            for key, value in done.scalars.items():
+                if key in state.scalars and BY_KEY[key[0]].type == "counter":
+                    state.scalars[key] = max(0.0, state.scalars[key] - value)
+            for key, hist in done.histograms.items():
+                have = state.histograms.get(key)
+                if have is not None:
+                    have.counts = [max(0, a - b) for a, b in zip(have.counts, hist.counts)]
+                    have.sum = max(0.0, have.sum - hist.sum)
+        return merged
 
     def read_all(self) -> list[PoolState]:
         self.write()
