@@ -118,7 +118,6 @@ class MultiprocessLink:
         if warning:
             logger.warning("%s", warning)
         self.collector = collector
-        self._stop = threading.Event()
         self._atexit = False
         self._new_incarnation(inherited=())
         self._parents_pools: list[Watchable] = []
@@ -171,7 +170,9 @@ class MultiprocessLink:
 
     def _new_incarnation(self, inherited: Any) -> None:
         """Start afresh (in a forked child): *inherited* pools are the parent's, not ours."""
-        self._lock = threading.Lock()  # a lock held at fork() stays held in the child
+        # New locks: one held by another thread at fork() would stay held in the child.
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.incarnation = secrets.token_hex(16)
         self._pidns = pid_namespace()
@@ -207,7 +208,6 @@ class MultiprocessLink:
         with self._lock:
             if self._thread is not None:
                 return
-            self._stop.clear()
             self._thread = threading.Thread(
                 target=self._run, name="poolwatch-multiprocess-writer", daemon=True
             )
