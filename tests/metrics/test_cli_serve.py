@@ -155,3 +155,26 @@ def test_serve_in_another_pid_namespace_keeps_gauges_and_readiness(dsn, tmp_path
     assert exhausted.status_code == 503, exhausted.text
     assert "exhausted" in exhausted.json()["pools"]["sidecar"]["reason"]
     assert f"{url}/metrics" in out
+
+
+def test_serve_warns_about_a_world_writable_directory(tmp_path):
+    tmp_path.chmod(0o777)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "poolwatch.cli", "serve", "--multiproc-dir", str(tmp_path),
+         "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=15)
+    assert "world-writable" in out and "0700" in out
