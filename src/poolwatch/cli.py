@@ -7,6 +7,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 DEFAULT_PORT = 9187
 # the scenario names, without importing the demo (and its dependencies) for --help
@@ -55,6 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from .exporter import create_app
+        from .metrics.multiprocess_files import directory_warning
     except ImportError as ex:
         print(
             f"poolwatch serve needs the exporter extra ({ex.name} is missing):"
@@ -62,6 +64,9 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    warning = directory_warning(Path(directory))
+    if warning:
+        print(f"poolwatch serve: warning: {warning}", file=sys.stderr)
     app = create_app(multiproc_dir=directory, token=token)
     where = f"http://{args.host}:{args.port}"
     print(f"poolwatch: serving {where}/metrics and {where}/pools for the pools in {directory}")
@@ -243,8 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run a standalone exporter that reads the state files that your app's worker"
             " processes write when PROMETHEUS_MULTIPROC_DIR is set, and serves /metrics,"
-            " /pools, /healthz and /readyz for all of them. To export the pools of one"
-            " process, use poolwatch.exporter.start_exporter() or create_app() instead."
+            " /pools, /healthz and /readyz for all of them. It needs no access to the"
+            " workers' pids, so it can run in a sidecar container sharing the directory:"
+            " a worker counts as live while its file is at most 10 s old. /readyz answers"
+            " 503 while no worker has written a live state, or a pool cannot connect or"
+            " has had a request waiting 1 s or more. To export the pools of one process,"
+            " use poolwatch.exporter.start_exporter() or create_app() instead."
         ),
     )
     serve.add_argument(

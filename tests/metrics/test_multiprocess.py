@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from poolwatch.embedded import free_port
 
@@ -23,7 +24,11 @@ MAX_SIZE = 3
 
 
 @pytest.fixture
-def gunicorn(dsn, tmp_path):
+def gunicorn(dsn, tmp_path, request):
+    """(url, master process) of gunicorn with 2 workers; an indirect parameter N makes
+    each worker exit after N requests (--max-requests), and gunicorn start another."""
+    max_requests = getattr(request, "param", None)
+    recycle = ["--max-requests", str(max_requests)] if max_requests else []
     multiproc = tmp_path / "multiproc"
     multiproc.mkdir()
     port = free_port()
@@ -37,7 +42,7 @@ def gunicorn(dsn, tmp_path):
         [
             sys.executable, "-m", "gunicorn", "tests.metrics.mp_app:app",
             "--workers", "2", "--worker-class", "uvicorn_worker.UvicornWorker",
-            "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5",
+            "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5", *recycle,
         ],
         tmp_path / "gunicorn.log", env=env, cwd=ROOT,
     )  # fmt: skip
@@ -112,5 +117,60 @@ def test_metrics_cover_every_worker(gunicorn):
         for p in pids:
             assert acquisitions(answers[p]) >= total, "a counter went backwards"
         assert time.monotonic() < deadline, "the replacement worker never showed up"
+        time.sleep(0.3)
+    assert proc.poll() is None
+
+
+def counter_samples(s: Scrape) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every counter and histogram sample of pool "mp" (buckets, counts, sums)."""
+    out = {}
+    for family in s.families.values():
+        if family.type not in ("counter", "histogram"):  # type: ignore[attr-defined]
+            continue
+        for sample in family.samples:  # type: ignore[attr-defined]
+            if sample.labels.get("pool") == "mp":
+                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+@pytest.mark.parametrize("gunicorn", [15], indirect=True)
+def test_recycled_workers_never_take_a_count_back(gunicorn):
+    """gunicorn replaces each worker after 15 requests while we work and scrape.
+
+    Scrapes land on whichever worker accepts them; across all of them no counter
+    or bucket of the pool goes down, and at the end the count equals the checkouts
+    made, every recycled worker's included.
+    """
+    url, proc = gunicorn
+    highest: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    workers: set[str] = set()
+    made = 0
+
+    def check(s: Scrape) -> None:
+        for key, value in counter_samples(s).items():
+            assert value >= highest.get(key, 0), f"{key} went back from {highest[key]} to {value}"
+            highest[key] = value
+
+    for i in range(120):  # bounded: 120 requests, every third one a scrape
+        if i % 3 == 2:
+            r = httpx.get(url + "/metrics", headers={"Connection": "close"}, timeout=20)
+            check(Scrape(r.text, {f.name: f for f in parse_text(r.text)}))
+        else:
+            r = httpx.get(
+                url + "/work", params={"n": 2}, headers={"Connection": "close"}, timeout=20
+            )
+            made += r.json()["n"]
+        workers.add(r.headers["x-worker-pid"])
+    assert len(workers) > 3, f"workers were not recycled: {workers}"
+
+    deadline = time.monotonic() + 30
+    while True:
+        r = httpx.get(url + "/metrics", headers={"Connection": "close"}, timeout=20)
+        s = Scrape(r.text, {f.name: f for f in parse_text(r.text)})
+        check(s)
+        if acquisitions(s) == made:
+            break
+        assert acquisitions(s) < made, f"{acquisitions(s)} exported, {made} made"
+        assert time.monotonic() < deadline, f"{acquisitions(s)} exported, {made} made"
         time.sleep(0.3)
     assert proc.poll() is None

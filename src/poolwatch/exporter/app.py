@@ -25,8 +25,10 @@ from ..metrics.exposition import (
     PROMETHEUS_CONTENT_TYPE,
     finish,
     render,
+    render_exporter,
 )
 from ..metrics.multiprocess import read_directory
+from ..metrics.multiprocess import readiness as multiprocess_readiness
 from ..metrics.state import PoolState, Watchable
 from ..metrics.views import pool_view
 from .live import LiveHistory
@@ -68,6 +70,8 @@ class Exporter:
 
     def metrics_text(self, openmetrics: bool) -> str:
         text = render(self.states(), openmetrics=openmetrics)
+        if self.multiproc_dir is not None or self.collector.multiprocess is not None:
+            text += render_exporter(prom.exporter_values(), openmetrics=openmetrics)
         if self.include_registry:
             # Everything else the registry holds (process metrics, the app's own);
             # our collector stays quiet meanwhile, its families are already in `text`.
@@ -84,7 +88,13 @@ class Exporter:
         return finish(text, openmetrics=openmetrics)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Whether every local pool can hand out a connection, and why not."""
+        """Whether every local pool can hand out a connection, and why not.
+
+        Serving a directory (`poolwatch serve`), the answer comes from the states
+        the worker processes wrote there.
+        """
+        if self.multiproc_dir is not None:
+            return multiprocess_readiness(self.states(), self.ready_max_wait)
         pools: dict[str, Any] = {}
         ready = True
         for pool in self.collector.pools():

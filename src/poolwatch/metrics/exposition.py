@@ -12,7 +12,7 @@ import math
 from functools import lru_cache
 from itertools import accumulate
 
-from .names import BY_KEY, METRICS, Metric, info_sample_name
+from .names import BY_KEY, EXPORTER_METRICS, METRICS, Metric, info_sample_name
 from .state import PoolState
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -102,6 +102,17 @@ def render(states: list[PoolState], *, openmetrics: bool = False) -> str:
             out.append(f"# UNIT {name} {metric.unit}")
         out.extend(family)
     return "\n".join(out) + "\n" if out else ""
+
+
+def render_exporter(values: dict[str, float], *, openmetrics: bool = False) -> str:
+    """The exporter's own families (`EXPORTER_METRICS`), from their current values by key."""
+    out: list[str] = []
+    for metric in EXPORTER_METRICS:
+        name = metric.prom if openmetrics else _text_family_name(metric)
+        out.append(f"# HELP {name} {escape_help(metric.help)}")
+        out.append(f"# TYPE {name} {metric.type}")
+        out.append(f"{metric.sample_name} {format_value(values.get(metric.key, 0))}")
+    return "\n".join(out) + "\n"
 
 
 def finish(text: str, *, openmetrics: bool) -> str:

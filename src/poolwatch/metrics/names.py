@@ -23,6 +23,8 @@ from ..observe import (
 )
 
 MetricType = Literal["gauge", "counter", "histogram", "info"]
+#: "pool": one series per pool (label ``pool``); "exporter": the exporter's own series
+Scope = Literal["pool", "exporter"]
 #: How one pool's values from several processes combine into one series.
 Merge = Literal["sum", "max", "ratio", "first"]
 
@@ -61,6 +63,7 @@ class Metric:
     labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
     buckets: tuple[float, ...] = ()
     merge: Merge = "sum"
+    scope: Scope = "pool"
 
     @property
     def sample_name(self) -> str:
@@ -69,6 +72,8 @@ class Metric:
 
     @property
     def label_names(self) -> tuple[str, ...]:
+        if self.scope == "exporter":
+            return tuple(self.labels)
         return (POOL_LABEL, *self.labels)
 
 
@@ -241,6 +246,22 @@ METRICS: Final[tuple[Metric, ...]] = (
         otel=None,
         labels={name: () for name in INFO_LABELS},
         merge="first",
+    ),
+)
+
+#: The exporter's own series (no ``pool`` label), shown in multiprocess mode.
+EXPORTER_METRICS: Final[tuple[Metric, ...]] = (
+    Metric(
+        key="state_files_rejected",
+        prom="poolwatch_exporter_state_files_rejected",
+        type="counter",
+        unit="",
+        help=(
+            "Multiprocess state files skipped because they failed validation (each version"
+            " of a file counted once; the log says why)."
+        ),
+        otel=None,
+        scope="exporter",
     ),
 )
 

@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from prometheus_client.metrics_core import Metric as PromMetric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
-from .exposition import _BOUNDS, render
+from .exposition import _BOUNDS, render, render_exporter
 from .multiprocess import MultiprocessLink
-from .names import METRICS, info_sample_name
+from .multiprocess_files import REJECTIONS
+from .names import EXPORTER_METRICS, METRICS, info_sample_name
 from .state import PoolSet, PoolState, Watchable
 
 
@@ -41,12 +42,17 @@ class PoolCollector(PoolSet, Collector):
         return self.open_states()
 
     def render(self, *, openmetrics: bool = False) -> str:
-        return render(self.states(), openmetrics=openmetrics)
+        text = render(self.states(), openmetrics=openmetrics)
+        if self.multiprocess is not None:
+            text += render_exporter(exporter_values(), openmetrics=openmetrics)
+        return text
 
     def collect(self) -> Iterator[PromMetric]:
         if _suppressed.active:
             return
         yield from families(self.states())
+        if self.multiprocess is not None:
+            yield from exporter_families()
 
     def describe(self) -> list[PromMetric]:
         # Describing would read the pools; an empty answer skips registration checks.
@@ -90,6 +96,19 @@ def families(states: list[PoolState]) -> Iterator[PromMetric]:
             yield family
 
 
+def exporter_values() -> dict[str, float]:
+    """Current values of the exporter's own series (`EXPORTER_METRICS`), by key."""
+    return {"state_files_rejected": REJECTIONS.total}
+
+
+def exporter_families() -> Iterator[PromMetric]:
+    values = exporter_values()
+    for metric in EXPORTER_METRICS:
+        family = PromMetric(metric.prom, metric.help, metric.type, metric.unit)
+        family.add_sample(metric.sample_name, {}, values.get(metric.key, 0))
+        yield family
+
+
 _collectors: weakref.WeakKeyDictionary[CollectorRegistry, PoolCollector] = (
     weakref.WeakKeyDictionary()
 )
@@ -123,6 +142,7 @@ def register(pool: Watchable, registry: CollectorRegistry | None = None) -> Pool
     collector = collector_for(registry)
     collector.add(pool)
     if collector.multiprocess is not None:
+        collector.multiprocess.track(pool)
         collector.multiprocess.start()
     return collector
 

@@ -83,31 +83,21 @@ class PoolState:
     histograms: dict[ScalarKey, HistogramValue] = field(default_factory=dict)
     #: False for a state read from a process that has exited: only counters count then
     live: bool = True
+    #: The pool's `connect_failing` (SQLSTATE class) when it has no connection: readiness
+    connect_failing: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The state as written to a multiprocess state file (see multiprocess_files)."""
         return {
             "pool": self.pool,
             "info": self.info,
+            "live": self.live,
+            "connect_failing": self.connect_failing,
             "scalars": [[k, list(lv), v] for (k, lv), v in self.scalars.items()],
             "histograms": [
                 [k, list(lv), h.counts, h.sum] for (k, lv), h in self.histograms.items()
             ],
         }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], *, live: bool = True) -> PoolState:
-        state = cls(pool=str(data["pool"]), info={k: str(v) for k, v in data["info"].items()})
-        for key, labels, value in data["scalars"]:
-            if key in BY_KEY:
-                state.scalars[(key, tuple(labels))] = float(value)
-        for key, labels, counts, total in data["histograms"]:
-            metric = BY_KEY.get(key)
-            if metric is not None and len(counts) == len(metric.buckets) + 1:
-                state.histograms[(key, tuple(labels))] = HistogramValue(
-                    [int(n) for n in counts], float(total)
-                )
-        state.live = live
-        return state
 
 
 # Label sets shown even before anything was observed, so that increase() and
@@ -156,6 +146,8 @@ def state_of(pool: Watchable) -> PoolState:
     snap = pool.snapshot()
     agg = pool.aggregates()
     state = PoolState(pool=bounded(pool.name), info=identity_of(pool))
+    failing = getattr(pool, "connect_failing", None)
+    state.connect_failing = failing if isinstance(failing, str) else None
     s = state.scalars
     s[("connections", ("idle",))] = snap.idle
     s[("connections", ("used",))] = snap.used
@@ -207,6 +199,8 @@ def merge_states(states: Iterable[PoolState]) -> list[PoolState]:
         elif not any(into.info.values()):
             into.info = dict(state.info)
         into.live = into.live or state.live
+        if state.live and into.connect_failing is None:
+            into.connect_failing = state.connect_failing
         for key, value in state.scalars.items():
             metric = BY_KEY[key[0]]
             if metric.type == "gauge" and not state.live:

@@ -1,0 +1,295 @@
+"""Multiprocess state files: identity, forks, pid reuse, liveness, compaction, hostile files.
+
+Every test here runs real worker processes (or real pools in this process) against
+the suite's PostgreSQL, and reads the directory back the way a scrape does.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from poolwatch import ConnectionPool
+from poolwatch.metrics.multiprocess import MultiprocessLink, compact_directory, read_directory
+from poolwatch.metrics.multiprocess_files import decode, read_bounded
+from poolwatch.metrics.prometheus import PoolCollector
+from poolwatch.metrics.state import PoolState
+
+from .scrape import exporter, require_tool
+
+pytestmark = pytest.mark.db
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def acquired(states: list[PoolState], pool: str = "mp") -> int:
+    """The exported acquire count (outcome ok) of *pool*, 0 when it has no series."""
+    for state in states:
+        if state.pool == pool:
+            hist = state.histograms.get(("acquire", ("ok",)))
+            return sum(hist.counts) if hist else 0
+    return 0
+
+
+def run_worker(directory: Path, dsn: str, *args: str, new_pid_namespace: bool = False) -> None:
+    command = [sys.executable, "-m", "tests.metrics.mp_worker", *args]
+    if new_pid_namespace:
+        # A fresh PID namespace: the worker is pid 1 there, every time, as in a container.
+        command = [require_tool("unshare"), "--pid", "--fork", *command]
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory), "POOLWATCH_TEST_DSN": dsn}
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def linked(directory: Path) -> tuple[PoolCollector, MultiprocessLink]:
+    collector = PoolCollector()
+    CollectorRegistry().register(collector)
+    link = MultiprocessLink(str(directory), collector)
+    collector.multiprocess = link
+    return collector, link
+
+
+ROUNDS = 40
+
+
+def test_a_pool_recreated_under_one_name_keeps_every_count(dsn, tmp_path):
+    """Finding 2: closing a pool and opening another under its name loses no count.
+
+    The state is published while each pool is open (as the writer thread does once a
+    second), the pool then works some more and closes; the next pool may take the
+    old one's address (id()), which the state must not be keyed by.
+    """
+    collector, link = linked(tmp_path)
+    exported: list[int] = []
+    addresses: set[int] = set()
+    for _ in range(ROUNDS):
+        pool = ConnectionPool(dsn, min_size=1, max_size=2, name="mp", open=True)
+        collector.add(pool)
+        addresses.add(id(pool))
+        for _ in range(5):
+            with pool.connection():
+                pass
+        link.write()
+        exported.append(acquired(read_directory(tmp_path)))
+        for _ in range(5):
+            with pool.connection():
+                pass
+        pool.close()
+        del pool
+        gc.collect()  # frees the old pool, so that the next one may take its address
+    exported.append(acquired(link.read_all()))
+    assert exported == sorted(exported), f"the counter went backwards: {exported}"
+    assert exported[-1] == 10 * ROUNDS
+    # CPython hands a freed pool's address to a later one now and then: the case at stake
+    assert len(addresses) < ROUNDS, "no address was reused: raise ROUNDS"
+
+
+def test_pid_reuse_keeps_a_dead_workers_counts(dsn, tmp_path):
+    """Finding 3: two workers that both run as pid 1 (fresh PID namespaces) both count."""
+    run_worker(tmp_path, dsn, "work", "30", new_pid_namespace=True)
+    run_worker(tmp_path, dsn, "work", "12", new_pid_namespace=True)
+    states = read_directory(tmp_path)
+    assert acquired(states) == 42
+    # Both exited: none of their gauges stay, whatever pid 1 is here.
+    assert all(("connections_max", ()) not in s.scalars for s in states)
+
+
+def test_a_forked_child_never_writes_its_parents_state(dsn, tmp_path):
+    """Finding 4: the parent made 100 checkouts, its forked child 1: 101, not 201."""
+    run_worker(tmp_path, dsn, "fork", "100", "1")
+    assert acquired(read_directory(tmp_path)) == 101
+
+
+def test_a_forked_child_that_does_nothing_adds_nothing(dsn, tmp_path):
+    run_worker(tmp_path, dsn, "fork", "40", "0")
+    assert acquired(read_directory(tmp_path)) == 40
+
+
+def test_a_pool_made_before_fork_and_opened_in_the_child_counts_there(dsn, tmp_path):
+    """gunicorn --preload: the pool object is made (not opened) in the master."""
+    run_worker(tmp_path, dsn, "preload", "7")
+    assert acquired(read_directory(tmp_path)) == 7
+
+
+def test_a_dead_workers_gauges_go_and_its_counters_stay(dsn, tmp_path):
+    """A worker that exits takes its gauges along at once; its counts stay."""
+    collector, link = linked(tmp_path)
+    with ConnectionPool(dsn, min_size=1, max_size=4, name="mp") as pool:
+        collector.add(pool)
+        pool.wait()
+        with pool.connection():
+            pass
+        run_worker(tmp_path, dsn, "work", "5")
+        states = link.read_all()
+        assert acquired(states) == 6
+        # only this process is alive: its max_size alone
+        (mine,) = [s for s in states if s.pool == "mp"]
+        assert mine.scalars[("connections_max", ())] == 4
+
+
+def write_good_state(dsn: str, directory: Path) -> tuple[ConnectionPool, MultiprocessLink]:
+    """An open pool "good" with 3 checkouts, its state written by a real link."""
+    collector, link = linked(directory)
+    pool = ConnectionPool(dsn, min_size=1, max_size=2, name="good", open=True)
+    collector.add(pool)
+    pool.wait()
+    for _ in range(3):
+        with pool.connection():
+            pass
+    link.write()
+    return pool, link
+
+
+def mutated(good: dict, change) -> str:  # type: ignore[type-arg,no-untyped-def]
+    data = json.loads(json.dumps(good))
+    entry = data["pools"][0]
+    entry["pool"] = "bad"
+    change(data, entry)
+    return json.dumps(data)
+
+
+def set_scalar(key: str, value: object):  # type: ignore[no-untyped-def]
+    def change(data, entry):  # type: ignore[no-untyped-def]
+        for row in entry["scalars"]:
+            if row[0] == key:
+                row[2] = value
+
+    return change
+
+
+HOSTILE = {
+    "deep nesting": lambda good: "[" * 200_000 + "]" * 200_000,
+    "huge pid": lambda good: mutated(good, lambda d, e: d.__setitem__("pid", 10**30)),
+    "Infinity": lambda good: mutated(good, set_scalar("waits", float("inf"))),
+    "NaN counter": lambda good: mutated(good, set_scalar("used_seconds", float("nan"))),
+    "400 digits": lambda good: mutated(good, set_scalar("waits", 10**400)),
+    "negative counter": lambda good: mutated(good, set_scalar("waits", -1000)),
+    "non-string label": lambda good: mutated(
+        good, lambda d, e: e["scalars"].append(["errors", [5, None], 1])
+    ),
+    "label outside the contract": lambda good: mutated(
+        good, lambda d, e: e["histograms"][0][1].__setitem__(0, "bogus")
+    ),
+    "duplicate series": lambda good: mutated(good, lambda d, e: e["scalars"].extend(e["scalars"])),
+    "1 MB pool name": lambda good: mutated(
+        good, lambda d, e: e.__setitem__("pool", "x" * 1_000_000)
+    ),
+    "not an object": lambda good: "[1, 2, 3]",
+}
+
+
+def test_hostile_state_files_are_skipped_and_counted(dsn, tmp_path, caplog_all):
+    """Finding 6: odd files never break /metrics, /pools or /api/live, nor add up."""
+    pool, link = write_good_state(dsn, tmp_path)
+    good = json.loads(link.path.read_text())
+    for i, (_, make) in enumerate(HOSTILE.items()):
+        (tmp_path / f"poolwatch-hostile{i}.json").write_text(make(good))
+    # A symlink to a valid file elsewhere is not followed: it could point anywhere.
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.json"
+    outside.write_text(mutated(good, lambda d, e: None))
+    (tmp_path / "poolwatch-symlink.json").symlink_to(outside)
+    rejected_files = len(HOSTILE) + 1
+    try:
+        with exporter(multiproc_dir=str(tmp_path)) as srv:
+            answers = {
+                path: httpx.get(srv.url + path, timeout=30)
+                for path in ("/metrics", "/pools", "/api/live", "/metrics")
+            }
+    finally:
+        pool.close()
+    for path, r in answers.items():
+        assert r.status_code == 200, (path, r.text[:300])
+        assert len(r.content) < 200_000, path
+        assert '"bad"' not in r.text and "bogus" not in r.text, path
+    text = answers["/metrics"].text
+    assert 'poolwatch_acquire_seconds_count{pool="good",outcome="ok"} 3' in text
+    assert f"poolwatch_exporter_state_files_rejected_total {rejected_files}" in text
+    assert [p["name"] for p in answers["/pools"].json()["pools"]] == ["good"]
+    # One log line per bad file, however many scrapes read it.
+    lines = [r for r in caplog_all.records if "state file" in r.getMessage()]
+    assert len(lines) == rejected_files, [r.getMessage()[:120] for r in lines]
+
+
+def test_the_writer_follows_no_planted_symlink(dsn, tmp_path):
+    pool, link = write_good_state(dsn, tmp_path)
+    victim = tmp_path.parent / f"{tmp_path.name}-victim"
+    victim.write_text("precious")
+    try:
+        for name in (link.path.name, f"poolwatch-{os.getpid()}.tmp", link.path.stem + ".tmp"):
+            (tmp_path / name).unlink(missing_ok=True)
+            (tmp_path / name).symlink_to(victim)
+        link.write()
+    finally:
+        pool.close()
+    assert victim.read_text() == "precious"
+    assert link.path.is_file() and not link.path.is_symlink()
+    assert acquired(read_directory(tmp_path), "good") == 3
+
+
+def test_a_world_writable_directory_is_warned_about(tmp_path, caplog_all):
+    tmp_path.chmod(0o777)
+    linked(tmp_path)
+    warnings = [r for r in caplog_all.records if r.levelno == logging.WARNING]
+    assert any("world-writable" in r.getMessage() for r in warnings)
+
+
+def test_dead_workers_are_compacted_into_one_file(dsn, tmp_path):
+    """5,000 exited workers' files become one retired file, with every count kept."""
+    source = tmp_path / "one"
+    source.mkdir()
+    run_worker(source, dsn, "work", "2")
+    (worker_file,) = source.glob("poolwatch-*.json")
+    data = json.loads(worker_file.read_text())
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    dead = 5000
+    for i in range(dead):
+        data["incarnation"] = f"{i:032x}"
+        (fleet / f"poolwatch-{i:032x}.json").write_text(json.dumps(data))
+    started = time.perf_counter()
+    first = read_directory(fleet)
+    compacting = time.perf_counter() - started
+    started = time.perf_counter()
+    second = read_directory(fleet)
+    compacted = time.perf_counter() - started
+    print(f"\nscrape read of {dead} dead workers: {compacting:.3f}s, then {compacted:.4f}s")
+    assert acquired(first) == acquired(second) == 2 * dead
+    left = sorted(p.name for p in fleet.iterdir())
+    assert len(left) <= 2, left[:5]
+
+
+def test_a_process_compacted_while_alive_does_not_count_twice(dsn, tmp_path, caplog_all):
+    """A process silent for COMPACT_AFTER is compacted; if it was only paused, it resumes
+    publishing only what it counted since, so nothing is counted twice."""
+    pool, link = write_good_state(dsn, tmp_path)
+    try:
+        first = link.path
+        content = decode(read_bounded(first))
+        # What a reader does once the file has not changed for COMPACT_AFTER seconds:
+        compact_directory(tmp_path, [(first, content)])
+        assert not first.exists()
+        assert acquired(read_directory(tmp_path), "good") == 3
+        for _ in range(2):
+            with pool.connection():
+                pass
+        link.write()  # the process resumes
+        assert link.path != first
+        assert acquired(read_directory(tmp_path), "good") == 5
+        link.write()
+        assert acquired(link.read_all(), "good") == 5
+    finally:
+        pool.close()
+    assert acquired(link.read_all(), "good") == 5
+    assert any(
+        "compacted while this process was alive" in r.getMessage() for r in caplog_all.records
+    )
