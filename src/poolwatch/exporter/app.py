@@ -36,8 +36,10 @@ STATUS_PAGE = (Path(__file__).with_name("status.html")).read_text(encoding="utf-
 
 #: Responses smaller than this are sent as they are: gzip would not pay for itself.
 GZIP_MIN_BYTES = 1024
-#: /readyz fails while a request has waited this long for a connection (seconds).
-DEFAULT_READY_MAX_WAIT = 1.0
+#: /readyz ignores waiting requests unless given a limit in seconds: under a traffic spike
+#: every instance starves at once, and failing readiness everywhere would make the load
+#: balancer drop the whole service (docs/fleet.md, "Readiness and the cascade").
+DEFAULT_READY_MAX_WAIT: float | None = None
 
 
 class Exporter:
@@ -50,7 +52,7 @@ class Exporter:
         registry: CollectorRegistry | None = None,
         include_registry: bool = True,
         multiproc_dir: str | None = None,
-        ready_max_wait: float = DEFAULT_READY_MAX_WAIT,
+        ready_max_wait: float | None = DEFAULT_READY_MAX_WAIT,
     ) -> None:
         self.registry = REGISTRY if registry is None else registry
         self.collector = prom.collector_for(self.registry)
@@ -100,7 +102,11 @@ class Exporter:
         failing = getattr(pool, "connect_failing", None)
         if snap.idle + snap.used == 0 and failing is not None:
             return f"cannot connect to the server (SQLSTATE class {failing})"
-        if snap.waiting and snap.oldest_wait_seconds >= self.ready_max_wait:
+        if (
+            self.ready_max_wait is not None
+            and snap.waiting
+            and snap.oldest_wait_seconds >= self.ready_max_wait
+        ):
             return (
                 f"exhausted: {snap.waiting} requests waiting, the oldest for"
                 f" {snap.oldest_wait_seconds:.1f}s, all {snap.max_size} connections in use"
@@ -135,7 +141,7 @@ def create_router(
     registry: CollectorRegistry | None = None,
     include_registry: bool = True,
     multiproc_dir: str | None = None,
-    ready_max_wait: float = DEFAULT_READY_MAX_WAIT,
+    ready_max_wait: float | None = DEFAULT_READY_MAX_WAIT,
     exporter: Exporter | None = None,
 ) -> APIRouter:
     """The exporter's endpoints, for ``app.include_router(...)``.
@@ -203,7 +209,7 @@ def create_app(
     registry: CollectorRegistry | None = None,
     include_registry: bool = True,
     multiproc_dir: str | None = None,
-    ready_max_wait: float = DEFAULT_READY_MAX_WAIT,
+    ready_max_wait: float | None = DEFAULT_READY_MAX_WAIT,
     **fastapi_options: Any,
 ) -> FastAPI:
     """A FastAPI app serving the exporter's endpoints (see `create_router`).
