@@ -50,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _alerts(args: argparse.Namespace) -> int:
     try:
+        from .alerts.kube import render_prometheus_rule
         from .alerts.rules import AlertSettings, render_rules
         from .alerts.settings import apply_overrides
     except ImportError as ex:
@@ -67,12 +68,19 @@ def _alerts(args: argparse.Namespace) -> int:
     except ValueError as ex:
         print(f"poolwatch alerts: {ex}", file=sys.stderr)
         return 2
-    text = render_rules(settings)
-    if args.out == "-":
+    if args.format == "prometheusrule":
+        text, file = render_prometheus_rule(settings), "prometheusrule.yaml"
+    else:
+        text, file = render_rules(settings), "poolwatch.rules.yml"
+    return _write(args.out, file, text)
+
+
+def _write(out: str, file: str, text: str) -> int:
+    if out == "-":
         sys.stdout.write(text)
         return 0
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "poolwatch.rules.yml")
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, file)
     with open(path, "w") as f:
         f.write(text)
     print(f"poolwatch: wrote {path}")
@@ -81,19 +89,23 @@ def _alerts(args: argparse.Namespace) -> int:
 
 def _dashboards(args: argparse.Namespace) -> int:
     try:
-        from .dashboards.build import dashboard_json
+        from .dashboards.build import dashboard_files
+        from .dashboards.kube import render_configmap
     except ImportError as ex:
         print(
-            f"poolwatch dashboards needs grafana-foundation-sdk ({ex.name} is missing):"
-            " pip install 'poolwatch[tools]' (Python >= 3.11)",
+            f"poolwatch dashboards needs grafana-foundation-sdk and PyYAML ({ex.name} is"
+            " missing): pip install 'poolwatch[tools]' (Python >= 3.11)",
             file=sys.stderr,
         )
         return 2
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "poolwatch.json")
-    with open(path, "w") as f:
-        f.write(dashboard_json())
-    print(f"poolwatch: wrote {path}")
+    files = dashboard_files()
+    if args.format == "configmap":
+        return _write(args.out, "dashboards-configmap.yaml", render_configmap(files))
+    if args.out == "-":
+        print("poolwatch dashboards: --out - needs --format configmap", file=sys.stderr)
+        return 2
+    for file, text in files.items():
+        _write(args.out, file, text)
     return 0
 
 
@@ -251,15 +263,39 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="change a setting, e.g. --set saturation_threshold=0.9 --set window=10m",
     )
+    alerts.add_argument(
+        "--format",
+        choices=["rules", "prometheusrule"],
+        default="rules",
+        help="rules: a Prometheus rule file (poolwatch.rules.yml); prometheusrule: the same"
+        " groups in a prometheus-operator PrometheusRule (prometheusrule.yaml)"
+        " (default: %(default)s)",
+    )
     alerts.add_argument("--list", action="store_true", help="list the settings and defaults")
     alerts.set_defaults(run=_alerts)
 
     boards = commands.add_parser(
         "dashboards",
         help="generate the Grafana dashboard JSON",
-        description="Write poolwatch.json, the Grafana dashboard (grafana-foundation-sdk).",
+        description=(
+            "Write the Grafana dashboards (grafana-foundation-sdk): poolwatch.json, one pool"
+            " in detail, and poolwatch-fleet.json, every pool of every instance and cluster."
+        ),
     )
-    boards.add_argument("--out", default="dashboards", metavar="DIR", help="directory to write to")
+    boards.add_argument(
+        "--out",
+        default="dashboards",
+        metavar="DIR",
+        help="directory to write to, or - for stdout (configmap only)",
+    )
+    boards.add_argument(
+        "--format",
+        choices=["json", "configmap"],
+        default="json",
+        help="json: one file per dashboard; configmap: every dashboard in one Kubernetes"
+        " ConfigMap labelled for Grafana's dashboard sidecar (dashboards-configmap.yaml)"
+        " (default: %(default)s)",
+    )
     boards.set_defaults(run=_dashboards)
     return parser
 

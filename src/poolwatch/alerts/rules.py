@@ -150,7 +150,6 @@ def _pool_server(s: AlertSettings, series: str) -> str:
 def recording_rules(s: AlertSettings) -> list[dict[str, Any]]:
     w = s.window
     drop = s.drop_labels
-    server = _labels(s.server_labels)
     rules = [
         {
             "record": SATURATION,
@@ -177,15 +176,6 @@ def recording_rules(s: AlertSettings) -> list[dict[str, Any]]:
         {
             "record": CONNECT_RATE,
             "expr": f"sum without ({_labels(drop)}) (rate({CONNECT}_count[{w}]))",
-        },
-        {
-            "record": FLEET_RATIO,
-            # Σ max_size of every pool on one server, over what the server allows. Fleet
-            # data: evaluate on the global ruler; HA replicas count once.
-            "expr": (
-                f"sum by ({server}) (\n  {_pool_server(s, CONNECTIONS_MAX)}\n)\n"
-                f"/ max by ({server}) (\n  {_pool_server(s, SERVER_MAX)}\n)"
-            ),
         },
     ]
     return rules
@@ -330,20 +320,6 @@ def alerting_rules(s: AlertSettings) -> list[dict[str, Any]]:
         ),
         _alert(
             s,
-            "PoolFleetOverServerBudget",
-            # One alert per server, however many pools and instances use it.
-            f"{FLEET_RATIO} > {s.fleet_threshold}",
-            s.fleet_for,
-            s.fleet_severity,
-            "Pools on {{ $labels.host }}:{{ $labels.port }} may open"
-            " {{ $value | humanizePercentage }} of the server's connections",
-            "The max_size of every pool using {{ $labels.host }}:{{ $labels.port }}, across"
-            " every instance, adds up to {{ $value | humanizePercentage }} of the connections"
-            f" the server allows (threshold {s.fleet_threshold:.0%}). Under load the server"
-            " will refuse connections; the fleet dashboard lists the pools.",
-        ),
-        _alert(
-            s,
             "PoolwatchTargetDown",
             # Pools of targets that are still discovered (their `up` exists) and fail to
             # answer. A target removed by a deploy or a scale-down has no `up` any more.
@@ -373,12 +349,43 @@ def alerting_rules(s: AlertSettings) -> list[dict[str, Any]]:
     ]
 
 
+def fleet_rules(s: AlertSettings) -> list[dict[str, Any]]:
+    """The rules that need every instance's series: for the global ruler."""
+    server = _labels(s.server_labels)
+    return [
+        {
+            "record": FLEET_RATIO,
+            # Σ max_size of every pool on one server, over what the server allows. Fleet
+            # data: evaluate on the global ruler; HA replicas count once.
+            "expr": (
+                f"sum by ({server}) (\n  {_pool_server(s, CONNECTIONS_MAX)}\n)\n"
+                f"/ max by ({server}) (\n  {_pool_server(s, SERVER_MAX)}\n)"
+            ),
+        },
+        _alert(
+            s,
+            "PoolFleetOverServerBudget",
+            # One alert per server, however many pools and instances use it.
+            f"{FLEET_RATIO} > {s.fleet_threshold}",
+            s.fleet_for,
+            s.fleet_severity,
+            "Pools on {{ $labels.host }}:{{ $labels.port }} may open"
+            " {{ $value | humanizePercentage }} of the server's connections",
+            "The max_size of every pool using {{ $labels.host }}:{{ $labels.port }}, across"
+            " every instance, adds up to {{ $value | humanizePercentage }} of the connections"
+            f" the server allows (threshold {s.fleet_threshold:.0%}). Under load the server"
+            " will refuse connections; the fleet dashboard lists the pools.",
+        ),
+    ]
+
+
 def build_rules(settings: AlertSettings | None = None) -> dict[str, Any]:
     s = settings or AlertSettings()
     return {
         "groups": [
             {"name": "poolwatch-recording", "interval": s.interval, "rules": recording_rules(s)},
             {"name": "poolwatch-alerts", "interval": s.interval, "rules": alerting_rules(s)},
+            {"name": "poolwatch-fleet", "interval": s.interval, "rules": fleet_rules(s)},
         ]
     }
 
@@ -390,10 +397,9 @@ HEADER = """\
 """
 
 
-def render_rules(settings: AlertSettings | None = None) -> str:
+def yaml_text(data: Any) -> str:
+    """*data* as block YAML, multi-line strings (PromQL) as literal blocks."""
     import yaml
-
-    s = settings or AlertSettings()
 
     class Dumper(yaml.SafeDumper):
         pass
@@ -403,5 +409,10 @@ def render_rules(settings: AlertSettings | None = None) -> str:
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     Dumper.add_representer(str, text)
-    body = yaml.dump(build_rules(s), Dumper=Dumper, sort_keys=False, width=100)
+    return yaml.dump(data, Dumper=Dumper, sort_keys=False, width=100)
+
+
+def render_rules(settings: AlertSettings | None = None) -> str:
+    s = settings or AlertSettings()
+    body = yaml_text(build_rules(s))
     return HEADER.format(window=s.window, interval=s.interval, runbook_base=s.runbook_base) + body

@@ -334,3 +334,8 @@ def build_dashboard() -> Any:
 def dashboard_json() -> str:
     text: str = JSONEncoder(sort_keys=True, indent=2).encode(build_dashboard())
     return text + "\n"
+
+
+def dashboard_files() -> dict[str, str]:
+    """Every dashboard, by file name under dashboards/."""
+    return {"poolwatch.json": dashboard_json()}
