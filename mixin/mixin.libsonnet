@@ -14,5 +14,6 @@ local rules = import 'rules.libsonnet';
   prometheusAlerts+:: { groups+: [rules.alerting($._config), rules.fleet($._config)] },
   grafanaDashboards+:: {
     'poolwatch.json': import '../dashboards/poolwatch.json',
+    'poolwatch-fleet.json': import '../dashboards/poolwatch-fleet.json',
   },
 }

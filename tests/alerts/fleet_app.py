@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from poolwatch import ConnectionPool
+from poolwatch import ConnectionPool, PoolTimeout
 from poolwatch.exporter import start_exporter
 from poolwatch.observe import PoolObserver
 
@@ -73,10 +73,23 @@ def main() -> None:
                 conn.execute("SELECT 1")
                 time.sleep(args.hold)
 
+    def impatient(pool: ConnectionPool) -> None:
+        # A caller that gives up at once when the pool is busy: timeouts for the panels.
+        while not stop.is_set() and time.monotonic() < load_until:
+            try:
+                pool.putconn(pool.getconn(timeout=0.001))
+            except PoolTimeout:
+                pass
+            time.sleep(0.5)
+
     threads = [
         threading.Thread(target=work, args=(pool,), daemon=True)
         for pool, _, n in pools.values()
         for _ in range(n)
+    ] + [
+        threading.Thread(target=impatient, args=(pool,), daemon=True)
+        for pool, _, n in pools.values()
+        if n
     ]
     for t in threads:
         t.start()
@@ -85,6 +98,7 @@ def main() -> None:
     if not stop.is_set():
         report = {}
         for name, (pool, counter, _) in pools.items():
+            pool.drain()  # closes by reason, for the lifetime panels
             deadline = time.monotonic() + 10
             while pool.snapshot().used and time.monotonic() < deadline:
                 time.sleep(0.05)  # the last connections are on their way back

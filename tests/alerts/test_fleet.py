@@ -23,9 +23,11 @@ import yaml
 
 from poolwatch.alerts import AlertSettings, render_rules
 from poolwatch.alerts.rules import alerting_rules, recording_rules
+from poolwatch.dashboards.fleet import COLUMNS
 from poolwatch.embedded import free_port
 from poolwatch.metrics.names import METRICS
 
+from ..dashboards.panels import DASHBOARD, FLEET_DASHBOARD, panel_queries
 from ..metrics.scrape import require_tool
 from .stack import Process, WebhookReceiver, alertmanager_config, query
 
@@ -311,6 +313,20 @@ def test_a_fleet_through_a_rolling_restart_ha_replicas_and_a_budget_crossing(fle
                 assert float(u["value"][1]) == pytest.approx(own["used_seconds_total"], rel=1e-9)
             measured.append((name, pool, own["waits"], round(own["used_seconds_total"], 2)))
     assert any(waits > 0 for _, _, waits, _ in measured), "the load made nobody wait"
+
+    # Every panel of both dashboards answers from the global server: its queries hold
+    # with HA duplicates and two clusters.
+    for board in (DASHBOARD, FLEET_DASHBOARD):
+        empty = [(t, q) for t, q in panel_queries("15s", board) if not query(urls["global"], q)]
+        assert not empty, f"{board.name}: panels without data: {empty}"
+    # The fleet table: one row per pool and place, as many instances as run it.
+    rows = query(urls["global"], {t: q for t, q, _ in COLUMNS}["Instances"].replace("$cluster", ".*")
+                 .replace("$namespace", ".*").replace("$job", ".*"))  # fmt: skip
+    instances = {(r["metric"]["cluster"], r["metric"]["pool"]): r["value"][1] for r in rows}
+    assert instances == {
+        ("west", "api"): "2", ("west", "jobs"): "2", ("east", "api"): "1",
+        ("east", "jobs"): "1", ("east", "reports"): "1",
+    }  # fmt: skip
 
     # No counter went backwards anywhere, the roll included.
     counters = [m.sample_name for m in METRICS if m.type == "counter"] + [

@@ -134,7 +134,7 @@ def _dedup(s: AlertSettings, series: str) -> str:
     return f"max without ({_labels(s.replica_labels)}) ({series})"
 
 
-def _pool_server(s: AlertSettings, series: str) -> str:
+def pool_server(s: AlertSettings, series: str) -> str:
     """A per-pool *series*, deduplicated, with the server labels of its pool joined on.
 
     The join ignores only the info labels, so every target label (cluster, namespace...)
@@ -358,8 +358,8 @@ def fleet_rules(s: AlertSettings) -> list[dict[str, Any]]:
             # Σ max_size of every pool on one server, over what the server allows. Fleet
             # data: evaluate on the global ruler; HA replicas count once.
             "expr": (
-                f"sum by ({server}) (\n  {_pool_server(s, CONNECTIONS_MAX)}\n)\n"
-                f"/ max by ({server}) (\n  {_pool_server(s, SERVER_MAX)}\n)"
+                f"sum by ({server}) (\n  {pool_server(s, CONNECTIONS_MAX)}\n)\n"
+                f"/ max by ({server}) (\n  {pool_server(s, SERVER_MAX)}\n)"
             ),
         },
         _alert(
