@@ -320,8 +320,10 @@ def test_a_fleet_through_a_rolling_restart_ha_replicas_and_a_budget_crossing(fle
         empty = [(t, q) for t, q in panel_queries("15s", board) if not query(urls["global"], q)]
         assert not empty, f"{board.name}: panels without data: {empty}"
     # The fleet table: one row per pool and place, as many instances as run it.
-    rows = query(urls["global"], {t: q for t, q, _ in COLUMNS}["Instances"].replace("$cluster", ".*")
-                 .replace("$namespace", ".*").replace("$job", ".*"))  # fmt: skip
+    count_query = {title: expr for title, expr, _ in COLUMNS}["Instances"]
+    for var in ("$cluster", "$namespace", "$job"):
+        count_query = count_query.replace(var, ".*")
+    rows = query(urls["global"], count_query)
     instances = {(r["metric"]["cluster"], r["metric"]["pool"]): r["value"][1] for r in rows}
     assert instances == {
         ("west", "api"): "2", ("west", "jobs"): "2", ("east", "api"): "1",
