@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=float, default=20.0)
     parser.add_argument("--hold", type=float, default=0.03)
     parser.add_argument("--report", type=Path, required=True)
+    parser.add_argument("--profile", choices=["full", "lean"], default="full")
     args = parser.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -63,7 +64,7 @@ def main() -> None:
         pool.wait(timeout=30)
         pools[name] = (pool, counter, int(threads))
     exporter = start_exporter([p for p, _, _ in pools.values()], port=args.port,
-                              registry=CollectorRegistry())  # fmt: skip
+                              registry=CollectorRegistry(), profile=args.profile)  # fmt: skip
 
     load_until = time.monotonic() + args.load_seconds
 

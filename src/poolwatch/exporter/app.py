@@ -27,6 +27,7 @@ from ..metrics.exposition import (
     render,
 )
 from ..metrics.multiprocess import read_directory
+from ..metrics.profiles import PROFILES, Profile
 from ..metrics.state import PoolState, Watchable
 from ..metrics.views import pool_view
 from .live import LiveHistory
@@ -53,8 +54,12 @@ class Exporter:
         include_registry: bool = True,
         multiproc_dir: str | None = None,
         ready_max_wait: float | None = DEFAULT_READY_MAX_WAIT,
+        profile: Profile = "full",
     ) -> None:
         self.registry = REGISTRY if registry is None else registry
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+        self.profile: Profile = profile
         self.collector = prom.collector_for(self.registry)
         for pool in pools:
             prom.register(pool, self.registry)
@@ -69,7 +74,7 @@ class Exporter:
         return self.collector.states()
 
     def metrics_text(self, openmetrics: bool) -> str:
-        text = render(self.states(), openmetrics=openmetrics)
+        text = render(self.states(), openmetrics=openmetrics, profile=self.profile)
         if self.include_registry:
             # Everything else the registry holds (process metrics, the app's own);
             # our collector stays quiet meanwhile, its families are already in `text`.
@@ -142,6 +147,7 @@ def create_router(
     include_registry: bool = True,
     multiproc_dir: str | None = None,
     ready_max_wait: float | None = DEFAULT_READY_MAX_WAIT,
+    profile: Profile = "full",
     exporter: Exporter | None = None,
 ) -> APIRouter:
     """The exporter's endpoints, for ``app.include_router(...)``.
@@ -151,7 +157,8 @@ def create_router(
     *token*, if set, is required as ``Authorization: Bearer <token>`` on /metrics
     and /pools; /healthz and /readyz stay open for orchestrators' probes.
     *multiproc_dir* serves the states that worker processes write there instead
-    of this process's pools. *exporter*, if given, replaces all of these.
+    of this process's pools. *profile* "lean" exports fewer series per pool
+    (`poolwatch.metrics.profiles`). *exporter*, if given, replaces all of these.
     """
     if exporter is None:
         exporter = Exporter(
@@ -160,6 +167,7 @@ def create_router(
             include_registry=include_registry,
             multiproc_dir=multiproc_dir,
             ready_max_wait=ready_max_wait,
+            profile=profile,
         )
     ex = exporter
     guarded = [Depends(_bearer_check(token))]
@@ -210,6 +218,7 @@ def create_app(
     include_registry: bool = True,
     multiproc_dir: str | None = None,
     ready_max_wait: float | None = DEFAULT_READY_MAX_WAIT,
+    profile: Profile = "full",
     **fastapi_options: Any,
 ) -> FastAPI:
     """A FastAPI app serving the exporter's endpoints (see `create_router`).
@@ -228,6 +237,7 @@ def create_app(
         include_registry=include_registry,
         multiproc_dir=multiproc_dir,
         ready_max_wait=ready_max_wait,
+        profile=profile,
     )
     app.state.exporter = exporter  # for code that shares the app's view of the pools
     app.include_router(create_router(token=token, exporter=exporter))
