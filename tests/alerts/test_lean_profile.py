@@ -154,3 +154,10 @@ def test_every_rule_and_panel_works_on_a_lean_exporter(tmp_path, dsn):
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def test_an_unknown_profile_is_refused_clearly():
+    from poolwatch.exporter import create_app
+
+    with pytest.raises(ValueError, match=r"profile must be one of \('full', 'lean'\), got 'slim'"):
+        create_app([], profile="slim")  # type: ignore[arg-type]
