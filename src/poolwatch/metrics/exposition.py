@@ -49,10 +49,12 @@ def _bucket_bounds(bounds: tuple[float, ...]) -> list[str]:
     return [repr(float(b)) for b in bounds] + ["+Inf"]
 
 
-_BOUNDS = {
+_PROFILE_BOUNDS = {
     profile: {m.key: _bucket_bounds(bucket_bounds(m.key, profile)) for m in METRICS if m.buckets}
     for profile in PROFILES
 }
+#: the full profile's "le" values (the prometheus_client collector path uses them too)
+_BOUNDS = _PROFILE_BOUNDS["full"]
 
 
 @lru_cache(maxsize=4096)
@@ -73,7 +75,7 @@ def render(states: list[PoolState], *, openmetrics: bool = False, profile: Profi
     append other families first; `finish` adds it.
     """
     lines: dict[str, list[str]] = {m.key: [] for m in METRICS}
-    bounds = _BOUNDS[profile]
+    bounds = _PROFILE_BOUNDS[profile]
     if profile == "lean":
         states = [lean(st) for st in states]
     for st in states:
