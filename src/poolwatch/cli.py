@@ -18,6 +18,7 @@ TOKEN_ENV = "POOLWATCH_TOKEN"
 EXPORTER_MODULES = ("fastapi", "uvicorn")
 YAML_MODULES = ("yaml",)
 DASHBOARD_MODULES = ("grafana_foundation_sdk",)
+BOARD_FILES = {"pool": "poolwatch.json", "fleet": "poolwatch-fleet.json"}
 
 
 def _missing_extra(command: str, extra: str, modules: Sequence[str], note: str = "") -> bool:
@@ -67,7 +68,15 @@ def _serve(args: argparse.Namespace) -> int:
     warning = directory_warning(Path(directory))
     if warning:
         print(f"poolwatch serve: warning: {warning}", file=sys.stderr)
-    app = create_app(multiproc_dir=directory, token=token)
+    if args.ready_max_wait is not None and not args.ready_max_wait > 0:
+        print("poolwatch serve: --ready-max-wait must be a number of seconds > 0", file=sys.stderr)
+        return 2
+    app = create_app(
+        multiproc_dir=directory,
+        token=token,
+        ready_max_wait=args.ready_max_wait,
+        profile=args.profile,
+    )
     where = f"http://{args.host}:{args.port}"
     print(f"poolwatch: serving {where}/metrics and {where}/pools for the pools in {directory}")
     if token:
@@ -84,6 +93,8 @@ def _alerts(args: argparse.Namespace) -> int:
 
     if not args.list and _missing_extra("alerts", "tools", YAML_MODULES):
         return 2  # --list needs no YAML
+    from .alerts.kube import render_prometheus_rule
+
     if args.list:
         defaults = AlertSettings()
         for name in AlertSettings.names():
@@ -94,12 +105,19 @@ def _alerts(args: argparse.Namespace) -> int:
     except ValueError as ex:
         print(f"poolwatch alerts: {ex}", file=sys.stderr)
         return 2
-    text = render_rules(settings)
-    if args.out == "-":
+    if args.format == "prometheusrule":
+        text, file = render_prometheus_rule(settings), "prometheusrule.yaml"
+    else:
+        text, file = render_rules(settings), "poolwatch.rules.yml"
+    return _write(args.out, file, text)
+
+
+def _write(out: str, file: str, text: str) -> int:
+    if out == "-":
         sys.stdout.write(text)
         return 0
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "poolwatch.rules.yml")
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, file)
     with open(path, "w") as f:
         f.write(text)
     print(f"poolwatch: wrote {path}")
@@ -109,16 +127,19 @@ def _alerts(args: argparse.Namespace) -> int:
 def _dashboards(args: argparse.Namespace) -> int:
     if _missing_extra("dashboards", "tools", DASHBOARD_MODULES, " (Python >= 3.11)"):
         return 2
-    from .dashboards.build import dashboard_json
+    from .dashboards.build import dashboard_files
+    from .dashboards.kube import render_configmap
 
+    files = dashboard_files()
+    if args.format == "configmap":
+        return _write(args.out, "dashboards-configmap.yaml", render_configmap(files))
     if args.out == "-":
-        sys.stdout.write(dashboard_json())
-        return 0
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "poolwatch.json")
-    with open(path, "w") as f:
-        f.write(dashboard_json())
-    print(f"poolwatch: wrote {path}")
+        # One JSON document on stdout: the dashboard --board names (the per-pool one by default).
+        board = "poolwatch-fleet.json" if args.board == "fleet" else "poolwatch.json"
+        return _write("-", board, files[board])
+    for file, text in files.items():
+        if args.board == "all" or file == BOARD_FILES[args.board]:
+            _write(args.out, file, text)
     return 0
 
 
@@ -251,9 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
             " /pools, /healthz and /readyz for all of them. It needs no access to the"
             " workers' pids, so it can run in a sidecar container sharing the directory:"
             " a worker counts as live while its file is at most 10 s old. /readyz answers"
-            " 503 while no worker has written a live state, or a pool cannot connect or"
-            " has had a request waiting 1 s or more. To export the pools of one process,"
-            " use poolwatch.exporter.start_exporter() or create_app() instead."
+            " 503 while no worker has written a live state, or a pool cannot connect (and,"
+            " with --ready-max-wait, while a request has waited that long: off by default,"
+            " since a traffic spike would fail every pod's readiness at once). To export"
+            " the pools of one process, use poolwatch.exporter.start_exporter() or"
+            " create_app() instead."
         ),
     )
     serve.add_argument(
@@ -271,6 +294,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="environment variable holding a bearer token to require (default: %(default)s;"
         " unset means no token). A variable keeps the token out of `ps` output.",
+    )
+    serve.add_argument(
+        "--ready-max-wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="also answer 503 on /readyz while a request has waited this long"
+        " (default: off; see docs/fleet.md on the readiness cascade)",
+    )
+    serve.add_argument(
+        "--profile",
+        choices=["full", "lean"],
+        default="full",
+        help="series per pool: full, or lean (fewer buckets and labels, every shipped"
+        " alert and panel still works; see docs/fleet.md) (default: %(default)s)",
     )
     serve.add_argument(
         "--log-level",
@@ -303,20 +341,48 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="change a setting, e.g. --set saturation_threshold=0.9 --set window=10m",
     )
+    alerts.add_argument(
+        "--format",
+        choices=["rules", "prometheusrule"],
+        default="rules",
+        help="rules: a Prometheus rule file (poolwatch.rules.yml); prometheusrule: the same"
+        " groups in a prometheus-operator PrometheusRule (prometheusrule.yaml)"
+        " (default: %(default)s)",
+    )
     alerts.add_argument("--list", action="store_true", help="list the settings and defaults")
     alerts.set_defaults(run=_alerts)
 
     boards = commands.add_parser(
         "dashboards",
         help="generate the Grafana dashboard JSON",
-        description="Write poolwatch.json, the Grafana dashboard (grafana-foundation-sdk).",
+        description=(
+            "Write the Grafana dashboards (grafana-foundation-sdk): poolwatch.json, one pool"
+            " in detail, and poolwatch-fleet.json, every pool of every instance and cluster."
+        ),
     )
     boards.add_argument(
         "--out",
         default="dashboards",
         metavar="DIR",
-        help="directory to write poolwatch.json to, or - for stdout"
-        " (default: dashboards/poolwatch.json under the current directory)",
+        help="directory to write to, or - for stdout (default: %(default)s, i.e."
+        " dashboards/poolwatch.json and dashboards/poolwatch-fleet.json under the current"
+        " directory)",
+    )
+    boards.add_argument(
+        "--format",
+        choices=["json", "configmap"],
+        default="json",
+        help="json: one file per dashboard; configmap: every dashboard in one Kubernetes"
+        " ConfigMap labelled for Grafana's dashboard sidecar (dashboards-configmap.yaml)"
+        " (default: %(default)s)",
+    )
+    boards.add_argument(
+        "--board",
+        choices=["all", "pool", "fleet"],
+        default="all",
+        help="which dashboard: pool (poolwatch.json), fleet (poolwatch-fleet.json) or all;"
+        " with --out - only one is written, the pool one unless fleet is named"
+        " (default: %(default)s)",
     )
     boards.set_defaults(run=_dashboards)
     return parser

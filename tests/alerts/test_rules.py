@@ -34,26 +34,30 @@ def test_every_alert_of_the_contract_with_labels_and_annotations():
     assert {a["alert"] for a in alerts} == set(ALERT_NAMES)
     runbooks = (ROOT / "docs" / "runbooks.md").read_text()
     anchors = {h.strip().lower() for h in re.findall(r"^## (\w+)$", runbooks, re.MULTILINE)}
+    # What each alert is about, which its description must name.
+    subject = {"PoolFleetOverServerBudget": "$labels.host", "PoolwatchJobAbsent": "$labels.job"}
     for a in alerts:
         assert a["labels"]["severity"] in ("warning", "critical")
         notes = a["annotations"]
         assert set(notes) == {"summary", "description", "runbook_url"}
-        assert "$value" in notes["description"] and "$labels.pool" in notes["description"]
+        assert subject.get(a["alert"], "$labels.pool") in notes["description"]
+        if a["alert"] != "PoolwatchTargetDown":  # its value is only "down"
+            assert "$value" in notes["description"], a["alert"]
         assert notes["runbook_url"].split("#")[1] in anchors, notes["runbook_url"]
-    severities = {
-        a["alert"]: a["labels"]["severity"] for a in alerts if a["alert"] != "PoolConnectErrors"
-    }
-    assert severities["PoolAcquireTimeouts"] == "critical"
-    assert severities["PoolSaturationHigh"] == "warning"
-    connect = sorted(a["labels"]["severity"] for a in alerts if a["alert"] == "PoolConnectErrors")
-    assert connect == ["critical", "warning"]
+    tiers: dict[str, list[str]] = {}
+    for a in alerts:
+        tiers.setdefault(a["alert"], []).append(a["labels"]["severity"])
+    assert tiers["PoolAcquireTimeouts"] == ["critical"]
+    assert tiers["PoolSaturationHigh"] == ["warning", "critical"]
+    assert tiers["PoolWaitNonZero"] == ["warning"]
+    assert sorted(tiers["PoolConnectErrors"]) == ["critical", "warning"]
 
 
 def test_promtool_check_rules():
     promtool = require_tool("promtool")
     out = run(promtool, "check", "rules", str(RULES))
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 17 rules found" in out.stdout
+    assert "SUCCESS: 20 rules found" in out.stdout
 
 
 def test_promtool_unit_tests_pass_and_cover_every_alert():
@@ -115,7 +119,9 @@ def test_amtool_accepts_the_alertmanager_config():
     out = run(amtool, "check-config", str(ALERTS / "alertmanager.yml"))
     assert out.returncode == 0, out.stdout + out.stderr
     config = yaml.safe_load((ALERTS / "alertmanager.yml").read_text())
-    assert config["route"]["group_by"] == ["alertname", "pool"]
+    # per-pool alerts group by pool, the fleet alert by server, the job alert by job
+    assert {"alertname", "pool", "host", "port", "job"} <= set(config["route"]["group_by"])
+    assert "instance" not in config["route"]["group_by"]
     (inhibit,) = config["inhibit_rules"]
     assert inhibit["source_matchers"] == ['severity="critical"']
-    assert set(inhibit["equal"]) == {"alertname", "pool"}
+    assert {"alertname", "pool", "instance"} <= set(inhibit["equal"])

@@ -10,10 +10,10 @@ import subprocess
 import pytest
 import yaml
 
-from poolwatch.dashboards.build import dashboard_json
+from poolwatch.dashboards.build import dashboard_files, dashboard_json
 
 from ..metrics.scrape import require_tool
-from .panels import DASHBOARD, ROOT, load, panel_queries
+from .panels import DASHBOARD, FLEET_DASHBOARD, ROOT, load, panel_queries
 
 #: @grafana/schema matching the SDK's Grafana 11.6 models
 SCHEMA_PACKAGE = "@grafana/schema@11.6.16"
@@ -22,6 +22,8 @@ TYPESCRIPT = "typescript@5.6.3"
 REQUIRED_PANELS = {
     "Saturation now": "gauge",
     "Saturation": "timeseries",
+    "Saturation by instance": "timeseries",
+    "Waits by instance": "timeseries",
     "Connections by state": "timeseries",
     "Pending requests and waits": "timeseries",
     "Wait time (heatmap)": "heatmap",
@@ -42,11 +44,64 @@ def test_committed_dashboard_equals_the_generator_output():
     )
 
 
+def test_every_committed_dashboard_equals_the_generator_output():
+    for name, text in dashboard_files().items():
+        assert (ROOT / "dashboards" / name).read_text() == text, (
+            f"dashboards/{name} is stale: run `poolwatch dashboards`"
+        )
+
+
+def test_the_fleet_table_lists_every_pool_worst_first_and_links_to_its_dashboard():
+    board = load(FLEET_DASHBOARD)
+    variables = [v["name"] for v in board["templating"]["list"]]
+    assert variables == ["datasource", "cluster", "namespace", "job"]
+    table, budget, worst = board["panels"]
+    assert table["type"] == "table"
+    assert (budget["title"], worst["title"]) == (
+        "Fleet budget per server",
+        "Most saturated instances",
+    )
+    columns = table["transformations"][1]["options"]["renameByName"]
+    assert list(columns.values()) == [
+        "Saturation", "Wait p95", "Waits/s", "Errors/s", "Instances", "Σ max_size",
+        "Server budget",
+    ]  # fmt: skip
+    assert table["options"]["sortBy"] == [{"desc": True, "displayName": "Saturation"}]
+    for target in table["targets"]:
+        assert target["instant"] and target["format"] == "table"
+        # one row per pool in one place, HA replicas counted once
+        assert "cluster, namespace, job, pool" in target["expr"]
+        assert "max without (prometheus_replica, replica)" in target["expr"]
+    (link_override,) = [
+        o for o in table["fieldConfig"]["overrides"] if o["matcher"]["options"] == "pool"
+    ]
+    (link,) = link_override["properties"][0]["value"]
+    pool_board = load()
+    assert link["url"].startswith(f"/d/{pool_board['uid']}/")
+    for var in ("cluster", "namespace", "job", "pool"):
+        assert f"var-{var}=${{__data.fields.{var}}}" in link["url"]
+        assert var in [v["name"] for v in pool_board["templating"]["list"]]
+
+
+def test_the_fleet_dashboard_type_checks_and_its_queries_parse(grafana_schema, tmp_path):
+    out = typecheck(grafana_schema, load(FLEET_DASHBOARD))
+    assert out.returncode == 0, out.stdout + out.stderr
+    promtool = require_tool("promtool")
+    queries = panel_queries(path=FLEET_DASHBOARD)
+    rules = {"groups": [{"name": "q", "rules": [
+        {"record": f"panel:query:{i}", "expr": expr} for i, (_, expr) in enumerate(queries)
+    ]}]}  # fmt: skip
+    path = tmp_path / "fleet.rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_panels_variables_and_alert_annotation():
     board = load()
     assert {p["title"]: p["type"] for p in board["panels"]} == REQUIRED_PANELS
     variables = {v["name"]: v for v in board["templating"]["list"]}
-    assert list(variables) == ["datasource", "job", "instance", "pool"]
+    assert list(variables) == ["datasource", "cluster", "namespace", "job", "instance", "pool"]
     assert variables["datasource"]["type"] == "datasource"
     assert variables["pool"]["multi"] and variables["pool"]["includeAll"]
     (annotation,) = board["annotations"]["list"]
@@ -111,7 +166,7 @@ def typecheck(cache, board: dict) -> subprocess.CompletedProcess[str]:
     # Prometheus annotation query (Grafana moves it into `target` on load) and the
     # interval-variable defaults the SDK puts on every variable.
     board = json.loads(json.dumps(board))
-    for annotation in board["annotations"]["list"]:
+    for annotation in board.get("annotations", {}).get("list", []):
         annotation.pop("expr", None)
     for variable in board["templating"]["list"]:
         for key in ("auto", "auto_count", "auto_min"):

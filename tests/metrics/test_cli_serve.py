@@ -107,7 +107,8 @@ def test_serve_in_another_pid_namespace_keeps_gauges_and_readiness(dsn, tmp_path
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [unshare, "--pid", "--fork", "--kill-child=SIGINT", sys.executable, "-m",
-         "poolwatch.cli", "serve", "--multiproc-dir", str(tmp_path), "--port", str(port)],
+         "poolwatch.cli", "serve", "--multiproc-dir", str(tmp_path), "--port", str(port),
+         "--ready-max-wait", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:

@@ -133,6 +133,25 @@ def test_readyz_is_503_when_requests_starve(dsn):
     assert r.json()["pools"]["starved"]["reason"].startswith("exhausted: 1 requests waiting")
 
 
+def test_readyz_ignores_starvation_unless_asked(dsn):
+    # A spike starves every instance at once: failing readiness everywhere would make the
+    # load balancer drop the whole service, so by default waiting requests do not count.
+    with ConnectionPool(dsn, min_size=1, max_size=1, name="spiked") as p:
+        p.wait()
+        held = p.getconn()
+        waiter = threading.Thread(target=lambda: p.putconn(p.getconn(timeout=10)))
+        waiter.start()
+        try:
+            with exporter([p]) as srv:
+                wait_until(lambda: p.snapshot().oldest_wait_seconds > 1.5)
+                r = httpx.get(srv.url + "/readyz")
+        finally:
+            p.putconn(held)
+            waiter.join(10)
+    assert r.status_code == 200, r.text
+    assert r.json()["pools"]["spiked"] == {"ready": True, "reason": None}
+
+
 def test_the_router_mounts_under_a_prefix_and_the_app_as_a_sub_app(pool):
     registry = CollectorRegistry()
     app = FastAPI()

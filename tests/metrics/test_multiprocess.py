@@ -151,26 +151,44 @@ def test_recycled_workers_never_take_a_count_back(gunicorn):
             assert value >= highest.get(key, 0), f"{key} went back from {highest[key]} to {value}"
             highest[key] = value
 
+    # A worker that reached --max-requests can drop a connection it had accepted (the
+    # uvicorn worker stops without answering it). A dropped scrape is just a missed
+    # scrape; a dropped /work request may or may not have run, so it widens the
+    # expected total by its n instead of being guessed.
+    unsure = 0
     for i in range(120):  # bounded: 120 requests, every third one a scrape
-        if i % 3 == 2:
-            r = httpx.get(url + "/metrics", headers={"Connection": "close"}, timeout=20)
+        scrape = i % 3 == 2
+        try:
+            r = httpx.get(
+                url + ("/metrics" if scrape else "/work"),
+                params=None if scrape else {"n": 2},
+                headers={"Connection": "close"},
+                timeout=20,
+            )
+        except httpx.RemoteProtocolError:
+            unsure += 0 if scrape else 2
+            continue
+        if scrape:
             check(Scrape(r.text, {f.name: f for f in parse_text(r.text)}))
         else:
-            r = httpx.get(
-                url + "/work", params={"n": 2}, headers={"Connection": "close"}, timeout=20
-            )
             made += r.json()["n"]
         workers.add(r.headers["x-worker-pid"])
     assert len(workers) > 3, f"workers were not recycled: {workers}"
+    assert unsure <= 20, f"{unsure // 2} of 80 work requests were dropped"
 
     deadline = time.monotonic() + 30
     while True:
-        r = httpx.get(url + "/metrics", headers={"Connection": "close"}, timeout=20)
+        try:
+            r = httpx.get(url + "/metrics", headers={"Connection": "close"}, timeout=20)
+        except httpx.RemoteProtocolError:
+            assert time.monotonic() < deadline, "every scrape was dropped"
+            continue
         s = Scrape(r.text, {f.name: f for f in parse_text(r.text)})
         check(s)
-        if acquisitions(s) == made:
+        exported = acquisitions(s)
+        if made <= exported <= made + unsure:
             break
-        assert acquisitions(s) < made, f"{acquisitions(s)} exported, {made} made"
-        assert time.monotonic() < deadline, f"{acquisitions(s)} exported, {made} made"
+        assert exported < made, f"{exported} exported, {made} made (+{unsure} unsure)"
+        assert time.monotonic() < deadline, f"{exported} exported, {made} made (+{unsure} unsure)"
         time.sleep(0.3)
     assert proc.poll() is None

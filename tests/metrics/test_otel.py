@@ -159,3 +159,118 @@ def test_long_waits_become_spans(dsn):
     assert span.attributes["poolwatch.outcome"] == "ok"
     duration = (span.end_time - span.start_time) / 1e9
     assert 0.15 <= duration <= 1.0
+
+
+# --- several worker processes: one writer per stream ---------------------------------
+
+WORKER = """
+import json, os, sys
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
+from poolwatch import ConnectionPool
+from poolwatch.metrics.otel import instrument, meter_provider
+
+reader = InMemoryMetricReader()
+# what every worker of a gunicorn app would share: its pod's identity
+shared = Resource.create({"service.name": "app", "service.instance.id": "pod-1"})
+if sys.argv[1] == "per-process":
+    provider = meter_provider([reader], resource=shared)
+else:
+    provider = MeterProvider(metric_readers=[reader], resource=shared)
+with ConnectionPool(os.environ["POOLWATCH_TEST_DSN"], min_size=1, max_size=2, name="web") as pool:
+    pool.wait()
+    instrument([pool], meter_provider=provider)
+    with pool.connection():
+        pass
+    data = reader.get_metrics_data()
+streams = []
+for rm in data.resource_metrics:
+    who = rm.resource.attributes.get("service.instance.id")
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            for p in m.data.data_points:
+                streams.append([who, m.name, sorted(p.attributes.items())])
+print(json.dumps({"pid": os.getpid(), "streams": streams}))
+"""
+
+
+def run_workers(dsn, mode):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "POOLWATCH_TEST_DSN": dsn}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WORKER, mode], stdout=subprocess.PIPE, env=env)
+        for _ in range(2)
+    ]
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0
+        outs.append(json.loads(out))
+    return outs
+
+
+def identities(worker):
+    return {(who, name, str(attrs)) for who, name, attrs in worker["streams"]}
+
+
+def test_two_workers_sharing_a_resource_would_write_the_same_streams(dsn):
+    # The failure mode: every stream of one worker is also a stream of the other.
+    a, b = run_workers(dsn, "shared")
+    assert identities(a) and identities(a) == identities(b)
+
+
+def test_each_worker_process_exports_under_its_own_identity(dsn):
+    a, b = run_workers(dsn, "per-process")
+    assert identities(a) and identities(b)
+    assert not identities(a) & identities(b)
+    for worker in (a, b):
+        (who,) = {who for who, _, _ in worker["streams"]}
+        # the pod's identity stays readable, the process makes it unique
+        assert who == f"pod-1-{worker['pid']}"
+    # the same metrics and attributes, only the writer differs
+    assert {i[1:] for i in identities(a)} == {i[1:] for i in identities(b)}
+
+
+def test_the_private_sdk_hooks_the_histograms_rely_on():
+    """Pins what OTelBridge takes from the SDK's internals, on the SDK installed here
+    (the newest release when this was written: 1.45.2). If this fails after an SDK
+    upgrade, the histograms silently stop being exported: fix the bridge, or scrape
+    /metrics with the OpenTelemetry Collector's Prometheus receiver instead."""
+    import inspect
+
+    from opentelemetry.sdk.metrics.export import (
+        MetricReader,
+        MetricsData,
+        PeriodicExportingMetricReader,
+        ResourceMetrics,
+        ScopeMetrics,
+    )
+
+    # 1. the provider exposes its readers in one of the two places the bridge tries
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    readers = getattr(provider, "_metric_readers", None)
+    if readers is None:
+        readers = provider._sdk_config.metric_readers
+    assert list(readers) == [reader]
+    # 2. every reader funnels each collection through _receive_metrics(metrics_data, ...)
+    for cls in (InMemoryMetricReader, PeriodicExportingMetricReader):
+        assert issubclass(cls, MetricReader)
+        params = list(inspect.signature(cls._receive_metrics).parameters)
+        assert params[:2] == ["self", "metrics_data"], (cls, params)
+    assert "_receive_metrics" in inspect.getsource(MetricReader.collect)
+    # 3. the temporality preferences are keyed by classes named like the Histogram
+    names = {cls.__name__.lstrip("_") for cls in reader._instrument_class_temporality}
+    assert "Histogram" in names
+    # 4. the data classes are built positionally as the bridge builds them
+    for cls, fields in (
+        (MetricsData, ["resource_metrics"]),
+        (ResourceMetrics, ["resource", "scope_metrics", "schema_url"]),
+        (ScopeMetrics, ["scope", "metrics", "schema_url"]),
+    ):
+        assert list(inspect.signature(cls).parameters) == fields, cls

@@ -23,11 +23,12 @@ ACQUIRE = BY_KEY["acquire"].prom
 CONNECT = BY_KEY["connect"].prom
 LIFETIME = BY_KEY["lifetime"].prom
 LEAKED = BY_KEY["leaked"].prom
+OLDEST_WAIT = BY_KEY["oldest_wait"].prom
 SERVER_MAX = BY_KEY["server_max_connections"].prom
 POOL_INFO = BY_KEY["pool_info"].prom + "_info"
 
-#: Labels that identify one pool in one process: the pool name and the scrape target.
-BY_POOL = "job, instance, pool"
+#: The labels of the pool-info series that describe the server, not the target.
+INFO_LABELS = ", ".join(BY_KEY["pool_info"].labels)
 
 #: Recording rule names (the window is a setting; the names do not carry it).
 SATURATION = "poolwatch:saturation:mean_ratio"
@@ -49,11 +50,32 @@ class AlertSettings:
     window: str = "5m"
     #: evaluation interval of the rule groups
     interval: str = "30s"
+    #: labels every aggregation drops besides the metric's own (outcome, le...), e.g.
+    #: "pod" to see a pool per deployment; every other target label is kept
+    drop_labels: str = ""
+    #: labels that tell HA Prometheus replicas apart; fleet rules collapse them
+    replica_labels: str = "prometheus_replica, replica"
+    #: labels that name one PostgreSQL server in the fleet rules; add "cluster" when
+    #: clusters reuse server host names
+    server_labels: str = "host, port"
+    #: labels that name one job for PoolwatchJobAbsent; add "cluster" or "namespace"
+    job_labels: str = "job"
     saturation_threshold: float = 0.80
     saturation_for: str = "5m"
     saturation_severity: str = "warning"
+    #: the critical tier of PoolSaturationHigh
+    saturation_critical_threshold: float = 0.95
+    saturation_critical_for: str = "5m"
+    saturation_critical_severity: str = "critical"
+    #: PoolWaitNonZero fires when more than this many requests queued in the window
+    #: (0, the default: any wait at all); raise it for large fleets
+    wait_count_threshold: float = 0.0
     wait_for: str = "1m"
     wait_severity: str = "warning"
+    #: PoolOldestWaitHigh: a request has been waiting this long (starvation before a timeout)
+    oldest_wait_threshold_seconds: float = 5.0
+    oldest_wait_for: str = "1m"
+    oldest_wait_severity: str = "warning"
     timeout_for: str = "0s"
     timeout_severity: str = "critical"
     connect_errors_for: str = "2m"
@@ -77,6 +99,8 @@ class AlertSettings:
     target_down_severity: str = "critical"
     #: how long a target that once exported pools counts as a poolwatch target
     target_memory: str = "1h"
+    job_absent_for: str = "5m"
+    job_absent_severity: str = "critical"
     runbook_base: str = "https://github.com/poolwatch/poolwatch/blob/main/docs/runbooks.md"
     extra_labels: dict[str, str] = field(default_factory=dict)
 
@@ -88,17 +112,44 @@ class AlertSettings:
 ALERT_NAMES = (
     "PoolSaturationHigh",
     "PoolWaitNonZero",
+    "PoolOldestWaitHigh",
     "PoolAcquireTimeouts",
     "PoolConnectErrors",
     "PoolConnectionLeak",
     "PoolConnectionChurn",
     "PoolFleetOverServerBudget",
     "PoolwatchTargetDown",
+    "PoolwatchJobAbsent",
 )
+
+
+def _labels(*groups: str) -> str:
+    """A comma-separated label list from comma-separated groups, empty ones skipped."""
+    names = [n.strip() for g in groups for n in g.split(",") if n.strip()]
+    return ", ".join(dict.fromkeys(names))
+
+
+def _dedup(s: AlertSettings, series: str) -> str:
+    """*series* with HA replicas collapsed: both replicas scraped the same value."""
+    return f"max without ({_labels(s.replica_labels)}) ({series})"
+
+
+def pool_server(s: AlertSettings, series: str) -> str:
+    """A per-pool *series*, deduplicated, with the server labels of its pool joined on.
+
+    The join ignores only the info labels, so every target label (cluster, namespace...)
+    takes part: two clusters whose pods share an IP:port stay apart.
+    """
+    info_part = [n for n in _labels(s.server_labels).split(", ") if n in INFO_LABELS]
+    return (
+        f"{_dedup(s, series)}\n  * ignoring ({INFO_LABELS}) group_left ({', '.join(info_part)})"
+        f"\n  {_dedup(s, POOL_INFO)}"
+    )
 
 
 def recording_rules(s: AlertSettings) -> list[dict[str, Any]]:
     w = s.window
+    drop = s.drop_labels
     rules = [
         {
             "record": SATURATION,
@@ -112,25 +163,19 @@ def recording_rules(s: AlertSettings) -> list[dict[str, Any]]:
         rules.append(
             {
                 "record": WAIT_QUANTILE.format(q=q),
-                "expr": f"histogram_quantile(0.{q}, sum by ({BY_POOL}, le)"
+                # Every outcome, failures too: a request that timed out waited longest.
+                "expr": f"histogram_quantile(0.{q}, sum without ({_labels('outcome', drop)})"
                 f" (rate({ACQUIRE}_bucket[{w}])))",
             }
         )
     rules += [
-        {"record": ERROR_RATE, "expr": f"sum by ({BY_POOL}, kind) (rate({ERRORS}[{w}]))"},
         {
-            "record": CONNECT_RATE,
-            "expr": f"sum by ({BY_POOL}, outcome) (rate({CONNECT}_count[{w}]))",
+            "record": ERROR_RATE,
+            "expr": f"sum without ({_labels('sqlstate_class', drop)}) (rate({ERRORS}[{w}]))",
         },
         {
-            "record": FLEET_RATIO,
-            # Σ max_size of every pool on one server, over what the server allows.
-            "expr": (
-                f"sum by (host, port) ({CONNECTIONS_MAX}"
-                f" * on ({BY_POOL}) group_left (host, port) {POOL_INFO})\n"
-                f"/ max by (host, port) ({SERVER_MAX}"
-                f" * on ({BY_POOL}) group_left (host, port) {POOL_INFO})"
-            ),
+            "record": CONNECT_RATE,
+            "expr": f"sum without ({_labels(drop)}) (rate({CONNECT}_count[{w}]))",
         },
     ]
     return rules
@@ -157,34 +202,63 @@ def _alert(
     return rule
 
 
+def _saturation(s: AlertSettings, threshold: float, for_: str, severity: str) -> dict[str, Any]:
+    where = "pool {{ $labels.pool }} on {{ $labels.instance }}"
+    return _alert(
+        s,
+        "PoolSaturationHigh",
+        f"{SATURATION} > {threshold}",
+        for_,
+        severity,
+        "Pool {{ $labels.pool }} is {{ $value | humanizePercentage }} saturated",
+        f"Over the last {s.window}, {where} used {{{{ $value | humanizePercentage }}}} of its"
+        f" connections on average (threshold {threshold:.0%}). Requests"
+        + (" will soon queue for a connection." if threshold < 0.9 else " queue already."),
+    )
+
+
 def alerting_rules(s: AlertSettings) -> list[dict[str, Any]]:
     w = s.window
+    drop = s.drop_labels
     where = "pool {{ $labels.pool }} on {{ $labels.instance }}"
-    connect_errors = f'sum by ({BY_POOL}) (increase({ERRORS}{{kind="connect"}}[{w}])) > 0'
+    connect_errors = (
+        f"sum without ({_labels('kind, sqlstate_class', drop)})"
+        f' (increase({ERRORS}{{kind="connect"}}[{w}])) > 0'
+    )
     churn_w = s.churn_window
     churn_sel = f'{{reason=~"{CHURN_REASONS}"}}'
+    churn_sum = f"sum without ({_labels('reason', drop)})"
+    target = _labels(INFO_LABELS)
     return [
-        _alert(
+        _saturation(s, s.saturation_threshold, s.saturation_for, s.saturation_severity),
+        _saturation(
             s,
-            "PoolSaturationHigh",
-            f"{SATURATION} > {s.saturation_threshold}",
-            s.saturation_for,
-            s.saturation_severity,
-            "Pool {{ $labels.pool }} is {{ $value | humanizePercentage }} saturated",
-            f"Over the last {w}, {where} used {{{{ $value | humanizePercentage }}}} of its"
-            f" connections on average (threshold {s.saturation_threshold:.0%}). Requests"
-            " will soon queue for a connection.",
+            s.saturation_critical_threshold,
+            s.saturation_critical_for,
+            s.saturation_critical_severity,
         ),
         _alert(
             s,
             "PoolWaitNonZero",
-            f"increase({WAITS}[{w}]) > 0",
+            f"increase({WAITS}[{w}]) > {s.wait_count_threshold:g}",
             s.wait_for,
             s.wait_severity,
             "Requests are waiting for a connection in pool {{ $labels.pool }}",
             f"About {{{{ $value | humanize }}}} requests of {where} found no idle connection"
             f" and queued in the last {w}: the pool is too small, queries are too slow, or"
             " traffic spiked.",
+        ),
+        _alert(
+            s,
+            "PoolOldestWaitHigh",
+            f"{OLDEST_WAIT} > {s.oldest_wait_threshold_seconds:g}",
+            s.oldest_wait_for,
+            s.oldest_wait_severity,
+            "A request has waited {{ $value | humanizeDuration }} for a connection"
+            " in pool {{ $labels.pool }}",
+            f"The oldest request waiting in {where} has waited {{{{ $value | humanizeDuration }}}}"
+            f" (threshold {s.oldest_wait_threshold_seconds:g}s): the pool is starved and"
+            " requests will time out next.",
         ),
         _alert(
             s,
@@ -209,8 +283,9 @@ def alerting_rules(s: AlertSettings) -> list[dict[str, Any]]:
         _alert(
             s,
             "PoolConnectErrors",
-            f"({connect_errors})\nand on ({BY_POOL})"
-            f' (sum by ({BY_POOL}) ({CONNECTIONS}{{state=~"idle|used"}}) == 0)',
+            f"({connect_errors})\nand"
+            f" (sum without ({_labels('state', drop)})"
+            f' ({CONNECTIONS}{{state=~"idle|used"}}) == 0)',
             s.connect_down_for,
             s.connect_down_severity,
             "Pool {{ $labels.pool }} has no connection at all and cannot open one",
@@ -231,11 +306,10 @@ def alerting_rules(s: AlertSettings) -> list[dict[str, Any]]:
         _alert(
             s,
             "PoolConnectionChurn",
-            f"(\n  sum by ({BY_POOL}) (rate({LIFETIME}_sum{churn_sel}[{churn_w}]))\n"
-            f"  / sum by ({BY_POOL}) (rate({LIFETIME}_count{churn_sel}[{churn_w}]))\n"
+            f"(\n  {churn_sum} (rate({LIFETIME}_sum{churn_sel}[{churn_w}]))\n"
+            f"  / {churn_sum} (rate({LIFETIME}_count{churn_sel}[{churn_w}]))\n"
             f") < {s.churn_min_mean_lifetime_seconds:g}\n"
-            f"and on ({BY_POOL})"
-            f" (sum by ({BY_POOL}) (rate({LIFETIME}_count{churn_sel}[{churn_w}])) * 60"
+            f"and ({churn_sum} (rate({LIFETIME}_count{churn_sel}[{churn_w}])) * 60"
             f" >= {s.churn_min_closes_per_minute:g})",
             s.churn_for,
             s.churn_severity,
@@ -246,31 +320,61 @@ def alerting_rules(s: AlertSettings) -> list[dict[str, Any]]:
         ),
         _alert(
             s,
+            "PoolwatchTargetDown",
+            # Pools of targets that are still discovered (their `up` exists) and fail to
+            # answer. A target removed by a deploy or a scale-down has no `up` any more.
+            f"max without ({target}) (max_over_time({POOL_INFO}[{s.target_memory}]))\n"
+            f"and ignoring (pool) (up == 0)",
+            s.target_down_for,
+            s.target_down_severity,
+            "Cannot scrape pool {{ $labels.pool }} on {{ $labels.instance }}",
+            "Prometheus still discovers {{ $labels.instance }} (job {{ $labels.job }}),"
+            " which exports pool {{ $labels.pool }}, but cannot scrape it: the process"
+            " is down or hung, or its exporter is.",
+        ),
+        _alert(
+            s,
+            "PoolwatchJobAbsent",
+            # A job that exported pools within target_memory has no target left at all.
+            f"count by ({_labels(s.job_labels)})"
+            f" (max_over_time({POOL_INFO}[{s.target_memory}]))\n"
+            f"unless on ({_labels(s.job_labels)}) count by ({_labels(s.job_labels)}) (up)",
+            s.job_absent_for,
+            s.job_absent_severity,
+            "Job {{ $labels.job }} exporting poolwatch pools has disappeared",
+            "No target of job {{ $labels.job }} is discovered any more, though it exported"
+            f" {{{{ $value }}}} pools in the last {s.target_memory}: the whole service is gone"
+            " or Prometheus lost its service discovery.",
+        ),
+    ]
+
+
+def fleet_rules(s: AlertSettings) -> list[dict[str, Any]]:
+    """The rules that need every instance's series: for the global ruler."""
+    server = _labels(s.server_labels)
+    return [
+        {
+            "record": FLEET_RATIO,
+            # Σ max_size of every pool on one server, over what the server allows. Fleet
+            # data: evaluate on the global ruler; HA replicas count once.
+            "expr": (
+                f"sum by ({server}) (\n  {pool_server(s, CONNECTIONS_MAX)}\n)\n"
+                f"/ max by ({server}) (\n  {pool_server(s, SERVER_MAX)}\n)"
+            ),
+        },
+        _alert(
+            s,
             "PoolFleetOverServerBudget",
-            f"max by (pool, host, port) ({POOL_INFO})\n"
-            f"* on (host, port) group_left () ({FLEET_RATIO} > {s.fleet_threshold})",
+            # One alert per server, however many pools and instances use it.
+            f"{FLEET_RATIO} > {s.fleet_threshold}",
             s.fleet_for,
             s.fleet_severity,
             "Pools on {{ $labels.host }}:{{ $labels.port }} may open"
             " {{ $value | humanizePercentage }} of the server's connections",
-            "The max_size of every pool using {{ $labels.host }}:{{ $labels.port }}, pool"
-            " {{ $labels.pool }} among them, adds up to {{ $value | humanizePercentage }} of"
-            f" the server's max_connections (threshold {s.fleet_threshold:.0%}). Under load"
-            " the server will refuse connections.",
-        ),
-        _alert(
-            s,
-            "PoolwatchTargetDown",
-            # Seconds since the target last delivered this pool's identity, for targets
-            # that delivered one within target_memory and are down now.
-            f"time() - max by ({BY_POOL}) (max_over_time(timestamp({POOL_INFO})"
-            f"[{s.target_memory}:1m]))\nunless on (job, instance) (up == 1)",
-            s.target_down_for,
-            s.target_down_severity,
-            "Cannot scrape pool {{ $labels.pool }} on {{ $labels.instance }}",
-            "Prometheus last scraped {{ $labels.instance }} (job {{ $labels.job }}), which"
-            " exports pool {{ $labels.pool }}, {{ $value | humanizeDuration }} ago: the"
-            " process is down, or its exporter is.",
+            "The max_size of every pool using {{ $labels.host }}:{{ $labels.port }}, across"
+            " every instance, adds up to {{ $value | humanizePercentage }} of the connections"
+            f" the server allows (threshold {s.fleet_threshold:.0%}). Under load the server"
+            " will refuse connections; the fleet dashboard lists the pools.",
         ),
     ]
 
@@ -281,6 +385,7 @@ def build_rules(settings: AlertSettings | None = None) -> dict[str, Any]:
         "groups": [
             {"name": "poolwatch-recording", "interval": s.interval, "rules": recording_rules(s)},
             {"name": "poolwatch-alerts", "interval": s.interval, "rules": alerting_rules(s)},
+            {"name": "poolwatch-fleet", "interval": s.interval, "rules": fleet_rules(s)},
         ]
     }
 
@@ -292,10 +397,9 @@ HEADER = """\
 """
 
 
-def render_rules(settings: AlertSettings | None = None) -> str:
+def yaml_text(data: Any) -> str:
+    """*data* as block YAML, multi-line strings (PromQL) as literal blocks."""
     import yaml
-
-    s = settings or AlertSettings()
 
     class Dumper(yaml.SafeDumper):
         pass
@@ -305,5 +409,10 @@ def render_rules(settings: AlertSettings | None = None) -> str:
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     Dumper.add_representer(str, text)
-    body = yaml.dump(build_rules(s), Dumper=Dumper, sort_keys=False, width=100)
+    return yaml.dump(data, Dumper=Dumper, sort_keys=False, width=100)
+
+
+def render_rules(settings: AlertSettings | None = None) -> str:
+    s = settings or AlertSettings()
+    body = yaml_text(build_rules(s))
     return HEADER.format(window=s.window, interval=s.interval, runbook_base=s.runbook_base) + body

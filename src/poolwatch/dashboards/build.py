@@ -20,12 +20,16 @@ from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import heatmap as heatmap_model
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
+from ..alerts.rules import AlertSettings, pool_server
 from ..metrics.names import BY_KEY
 
 UID = "poolwatch-pools"
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 #: the selector every per-pool query carries
-SEL = 'job=~"$job", instance=~"$instance", pool=~"$pool"'
+SEL = (
+    'cluster=~"$cluster", namespace=~"$namespace", job=~"$job", instance=~"$instance",'
+    ' pool=~"$pool"'
+)
 #: Prometheus names, from the table
 M = {key: metric.prom for key, metric in BY_KEY.items()}
 USED_SECONDS = BY_KEY["used_seconds"].sample_name
@@ -117,13 +121,13 @@ def panels() -> list[Any]:
     saturation = f"sum by (pool) ({used}) / sum by (pool) ({M['connections_max']}{{{SEL}}})"
     acquire, use, connect = M["acquire"], M["use"], M["connect"]
     lifetime = M["lifetime"]
-    fleet_sum = (
-        f"sum by (host, port) ({M['connections_max']}"
-        f" * on (job, instance, pool) group_left (host, port) {INFO})"
-    )
-    fleet_max = (
-        f"max by (host, port) ({M['server_max_connections']}"
-        f" * on (job, instance, pool) group_left (host, port) {INFO})"
+    # The fleet rule's join: every target label kept, HA replicas counted once.
+    settings = AlertSettings()
+    fleet_sum = f"sum by (host, port) ({pool_server(settings, M['connections_max'])})"
+    fleet_max = f"max by (host, port) ({pool_server(settings, M['server_max_connections'])})"
+    by_instance = (
+        f"sum by (instance, pool) ({used})"
+        f" / sum by (instance, pool) ({M['connections_max']}{{{SEL}}})"
     )
     satur_gauge = (
         gauge.Panel()
@@ -156,6 +160,28 @@ def panels() -> list[Any]:
     return [
         satur_gauge,
         satur_series,
+        _series(
+            "Saturation by instance",
+            "Mean used / max of each instance's pool: one bad pod stands out here while the"
+            " pool's average above still looks fine.",
+            [Query(by_instance, "{{pool}} {{instance}}")],
+            "percentunit",
+        ),
+        _series(
+            "Waits by instance",
+            "Requests per second that had to queue, and the oldest waiting request, per instance.",
+            [
+                Query(
+                    f"sum by (instance, pool) (rate({WAITS}{{{SEL}}}[{RATE}]))",
+                    "{{pool}} {{instance}} waits/s",
+                ),
+                Query(
+                    f"max by (instance, pool) ({M['oldest_wait']}{{{SEL}}})",
+                    "{{pool}} {{instance}} oldest wait (s)",
+                ),
+            ],
+            "short",
+        ),
         _series(
             "Connections by state",
             "Idle, used and opening connections, stacked, against max_size.",
@@ -268,7 +294,8 @@ def panels() -> list[Any]:
         _series(
             "Fleet budget",
             "Σ max_size of every pool on each server, all jobs and instances, against the"
-            " connections the server allows (max_connections minus superuser_reserved)."
+            " connections the server allows (max_connections minus the superuser and"
+            " PostgreSQL 16 reserved connections). HA replicas count once."
             " PoolFleetOverServerBudget fires above 80%.",
             [
                 Query(fleet_sum, "{{host}}:{{port}} Σ max_size"),
@@ -298,7 +325,15 @@ def _variables() -> list[Any]:
 
     return [
         ds,
-        query_var("job", "Job", f"label_values({INFO}, job)"),
+        query_var("cluster", "Cluster", f"label_values({INFO}, cluster)"),
+        query_var(
+            "namespace", "Namespace", f'label_values({INFO}{{cluster=~"$cluster"}}, namespace)'
+        ),
+        query_var(
+            "job",
+            "Job",
+            f'label_values({INFO}{{cluster=~"$cluster", namespace=~"$namespace"}}, job)',
+        ),
         query_var("instance", "Instance", f'label_values({INFO}{{job=~"$job"}}, instance)'),
         query_var(
             "pool", "Pool", f'label_values({INFO}{{job=~"$job", instance=~"$instance"}}, pool)'
@@ -334,3 +369,10 @@ def build_dashboard() -> Any:
 def dashboard_json() -> str:
     text: str = JSONEncoder(sort_keys=True, indent=2).encode(build_dashboard())
     return text + "\n"
+
+
+def dashboard_files() -> dict[str, str]:
+    """Every dashboard, by file name under dashboards/."""
+    from .fleet import fleet_dashboard_json
+
+    return {"poolwatch.json": dashboard_json(), "poolwatch-fleet.json": fleet_dashboard_json()}

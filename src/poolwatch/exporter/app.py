@@ -29,6 +29,7 @@ from ..metrics.exposition import (
 )
 from ..metrics.multiprocess import read_directory
 from ..metrics.multiprocess import readiness as multiprocess_readiness
+from ..metrics.profiles import PROFILES, Profile
 from ..metrics.state import PoolState, Watchable
 from ..metrics.views import pool_view
 from .live import LiveHistory
@@ -38,8 +39,10 @@ STATUS_PAGE = (Path(__file__).with_name("status.html")).read_text(encoding="utf-
 
 #: Responses smaller than this are sent as they are: gzip would not pay for itself.
 GZIP_MIN_BYTES = 1024
-#: /readyz fails while a request has waited this long for a connection (seconds).
-DEFAULT_READY_MAX_WAIT = 1.0
+#: /readyz ignores waiting requests unless given a limit in seconds: under a traffic spike
+#: every instance starves at once, and failing readiness everywhere would make the load
+#: balancer drop the whole service (docs/fleet.md, "Readiness and the cascade").
+DEFAULT_READY_MAX_WAIT: float | None = None
 
 
 class Exporter:
@@ -52,9 +55,13 @@ class Exporter:
         registry: CollectorRegistry | None = None,
         include_registry: bool = True,
         multiproc_dir: str | None = None,
-        ready_max_wait: float = DEFAULT_READY_MAX_WAIT,
+        ready_max_wait: float | None = DEFAULT_READY_MAX_WAIT,
+        profile: Profile = "full",
     ) -> None:
         self.registry = REGISTRY if registry is None else registry
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+        self.profile: Profile = profile
         self.collector = prom.collector_for(self.registry)
         for pool in pools:
             prom.register(pool, self.registry)
@@ -69,7 +76,7 @@ class Exporter:
         return self.collector.states()
 
     def metrics_text(self, openmetrics: bool) -> str:
-        text = render(self.states(), openmetrics=openmetrics)
+        text = render(self.states(), openmetrics=openmetrics, profile=self.profile)
         if self.multiproc_dir is not None or self.collector.multiprocess is not None:
             text += render_exporter(prom.exporter_values(), openmetrics=openmetrics)
         if self.include_registry:
@@ -110,7 +117,11 @@ class Exporter:
         failing = getattr(pool, "connect_failing", None)
         if snap.idle + snap.used == 0 and failing is not None:
             return f"cannot connect to the server (SQLSTATE class {failing})"
-        if snap.waiting and snap.oldest_wait_seconds >= self.ready_max_wait:
+        if (
+            self.ready_max_wait is not None
+            and snap.waiting
+            and snap.oldest_wait_seconds >= self.ready_max_wait
+        ):
             return (
                 f"exhausted: {snap.waiting} requests waiting, the oldest for"
                 f" {snap.oldest_wait_seconds:.1f}s, all {snap.max_size} connections in use"
@@ -145,7 +156,8 @@ def create_router(
     registry: CollectorRegistry | None = None,
     include_registry: bool = True,
     multiproc_dir: str | None = None,
-    ready_max_wait: float = DEFAULT_READY_MAX_WAIT,
+    ready_max_wait: float | None = DEFAULT_READY_MAX_WAIT,
+    profile: Profile = "full",
     exporter: Exporter | None = None,
 ) -> APIRouter:
     """The exporter's endpoints, for ``app.include_router(...)``.
@@ -155,7 +167,8 @@ def create_router(
     *token*, if set, is required as ``Authorization: Bearer <token>`` on /metrics
     and /pools; /healthz and /readyz stay open for orchestrators' probes.
     *multiproc_dir* serves the states that worker processes write there instead
-    of this process's pools. *exporter*, if given, replaces all of these.
+    of this process's pools. *profile* "lean" exports fewer series per pool
+    (`poolwatch.metrics.profiles`). *exporter*, if given, replaces all of these.
     """
     if exporter is None:
         exporter = Exporter(
@@ -164,6 +177,7 @@ def create_router(
             include_registry=include_registry,
             multiproc_dir=multiproc_dir,
             ready_max_wait=ready_max_wait,
+            profile=profile,
         )
     ex = exporter
     guarded = [Depends(_bearer_check(token))]
@@ -213,7 +227,8 @@ def create_app(
     registry: CollectorRegistry | None = None,
     include_registry: bool = True,
     multiproc_dir: str | None = None,
-    ready_max_wait: float = DEFAULT_READY_MAX_WAIT,
+    ready_max_wait: float | None = DEFAULT_READY_MAX_WAIT,
+    profile: Profile = "full",
     **fastapi_options: Any,
 ) -> FastAPI:
     """A FastAPI app serving the exporter's endpoints (see `create_router`).
@@ -232,6 +247,7 @@ def create_app(
         include_registry=include_registry,
         multiproc_dir=multiproc_dir,
         ready_max_wait=ready_max_wait,
+        profile=profile,
     )
     app.state.exporter = exporter  # for code that shares the app's view of the pools
     app.include_router(create_router(token=token, exporter=exporter))

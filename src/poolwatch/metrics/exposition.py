@@ -13,6 +13,7 @@ from functools import lru_cache
 from itertools import accumulate
 
 from .names import BY_KEY, EXPORTER_METRICS, METRICS, Metric, info_sample_name
+from .profiles import PROFILES, Profile, bucket_bounds, lean
 from .state import PoolState
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -42,13 +43,18 @@ def format_value(value: float) -> str:
     return repr(value)
 
 
-def _bucket_bounds(metric: Metric) -> list[str]:
+def _bucket_bounds(bounds: tuple[float, ...]) -> list[str]:
     # OpenMetrics wants canonical floats for "le" ("1.0", not "1"); for bounds between
     # 1e-4 and 1e15 Python's repr writes them as Go does.
-    return [repr(float(b)) for b in metric.buckets] + ["+Inf"]
+    return [repr(float(b)) for b in bounds] + ["+Inf"]
 
 
-_BOUNDS = {m.key: _bucket_bounds(m) for m in METRICS if m.type == "histogram"}
+_PROFILE_BOUNDS = {
+    profile: {m.key: _bucket_bounds(bucket_bounds(m.key, profile)) for m in METRICS if m.buckets}
+    for profile in PROFILES
+}
+#: the full profile's "le" values (the prometheus_client collector path uses them too)
+_BOUNDS = _PROFILE_BOUNDS["full"]
 
 
 @lru_cache(maxsize=4096)
@@ -62,13 +68,16 @@ def _label_text(key: str, values: tuple[str, ...]) -> str:
     return "".join("," + _pair(n, v) for n, v in zip(_NAMES[key], values))
 
 
-def render(states: list[PoolState], *, openmetrics: bool = False) -> str:
-    """Every family of the contract for *states*, in the chosen format.
+def render(states: list[PoolState], *, openmetrics: bool = False, profile: Profile = "full") -> str:
+    """Every family of the contract for *states*, in the chosen format and profile.
 
     OpenMetrics output ends without the ``# EOF`` line, so that a caller can
     append other families first; `finish` adds it.
     """
     lines: dict[str, list[str]] = {m.key: [] for m in METRICS}
+    bounds = _PROFILE_BOUNDS[profile]
+    if profile == "lean":
+        states = [lean(st) for st in states]
     for st in states:
         pool = _pair("pool", st.pool)
         for (key, values), value in st.scalars.items():
@@ -80,7 +89,7 @@ def render(states: list[PoolState], *, openmetrics: bool = False) -> str:
             prefix = f'{base}_bucket{{{labels},le="'
             cumulative = list(accumulate(hist.counts))
             family = lines[key]
-            family.extend([f'{prefix}{le}"}} {n}' for le, n in zip(_BOUNDS[key], cumulative)])
+            family.extend([f'{prefix}{le}"}} {n}' for le, n in zip(bounds[key], cumulative)])
             family.append(f"{base}_count{{{labels}}} {cumulative[-1]}")
             family.append(f"{base}_sum{{{labels}}} {format_value(hist.sum)}")
         if st.live:

@@ -460,12 +460,13 @@ def compact_directory(root: Path, dead: list[tuple[Path, StateFile]]) -> None:
         os.close(fd)
 
 
-def readiness(states: list[PoolState], ready_max_wait: float) -> tuple[bool, dict[str, Any]]:
+def readiness(states: list[PoolState], ready_max_wait: float | None) -> tuple[bool, dict[str, Any]]:
     """Readiness from merged states (`poolwatch serve`): what /readyz answers.
 
     Not ready when no process has written a live state within STALE_AFTER seconds,
-    or when a pool has no connection and its last connect failed, or has had a
-    request waiting for *ready_max_wait* seconds or more.
+    or when a pool has no connection and its last connect failed, or (only if
+    *ready_max_wait* is given: starvation readiness is opt-in) has had a request
+    waiting for *ready_max_wait* seconds or more.
     """
     pools: dict[str, Any] = {}
     for state in states:
@@ -478,7 +479,7 @@ def readiness(states: list[PoolState], ready_max_wait: float) -> tuple[bool, dic
         connections = s.get(("connections", ("idle",)), 0) + s.get(("connections", ("used",)), 0)
         if connections == 0 and state.connect_failing is not None:
             reason = f"cannot connect to the server (SQLSTATE class {state.connect_failing})"
-        elif waiting and oldest >= ready_max_wait:
+        elif ready_max_wait is not None and waiting and oldest >= ready_max_wait:
             most = s.get(("connections_max", ()), 0)
             reason = (
                 f"exhausted: {waiting:g} requests waiting, the oldest for {oldest:.1f}s,"

@@ -229,7 +229,10 @@ METRICS: Final[tuple[Metric, ...]] = (
         prom="poolwatch_server_max_connections",
         type="gauge",
         unit="",
-        help="The server's max_connections minus superuser_reserved_connections, read once.",
+        help=(
+            "The server's max_connections minus superuser_reserved_connections and"
+            " reserved_connections (PostgreSQL 16+), read once."
+        ),
         otel="poolwatch.server.max_connections",
         otel_unit="{connection}",
         merge="max",

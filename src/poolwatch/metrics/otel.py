@@ -13,11 +13,21 @@ read from the pools' own aggregates when the SDK collects:
 
 Histogram points carry exact counts and sums; their ``min`` and ``max`` are the
 edges of the lowest and highest non-empty buckets (the pool keeps no exact extremes).
+
+Several processes (gunicorn workers) must not export under one ``service.instance.id``:
+OpenTelemetry allows one writer per stream, and two workers' cumulative counters under
+one identity look like resets and flapping gauges. `meter_provider` builds an SDK
+MeterProvider whose resource names this process (`process_resource`); create it in
+each worker (gunicorn's ``post_fork``), not before the fork. The supported alternative
+to this bridge is scraping ``/metrics`` with the OpenTelemetry Collector's Prometheus
+receiver (docs/fleet.md), which needs no private SDK attribute.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import weakref
@@ -315,6 +325,30 @@ class WaitSpanObserver(PoolObserver):
         if outcome != "ok":
             span.set_status(otel_trace.Status(otel_trace.StatusCode.ERROR, outcome))
         span.end(end_time=end)
+
+
+SERVICE_INSTANCE_ID = "service.instance.id"
+
+
+def process_resource(resource: Any | None = None) -> Any:
+    """*resource* (default: the SDK's, from the environment) naming this very process.
+
+    ``service.instance.id`` becomes ``<the one given, or the host name>-<pid>``, so that
+    every worker process is a writer of its own; ``process.pid`` is set too.
+    """
+    from opentelemetry.sdk.resources import Resource
+
+    base = Resource.create() if resource is None else resource
+    given = base.attributes.get(SERVICE_INSTANCE_ID) or socket.gethostname()
+    pid = os.getpid()
+    return base.merge(Resource({SERVICE_INSTANCE_ID: f"{given}-{pid}", "process.pid": pid}))
+
+
+def meter_provider(metric_readers: Sequence[Any], *, resource: Any | None = None) -> Any:
+    """An SDK MeterProvider for this process, its resource from `process_resource`."""
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    return MeterProvider(metric_readers=metric_readers, resource=process_resource(resource))
 
 
 def instrument(pools: Sequence[Watchable], *, meter_provider: Any | None = None) -> OTelBridge:

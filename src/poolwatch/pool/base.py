@@ -133,9 +133,12 @@ class Backoff:
 
 
 #: What the server lets ordinary users open: the fleet budget the alerts compare with.
+# reserved_connections (PostgreSQL 16+) holds slots back for pg_use_reserved_connections
+# members; current_setting(..., true) is NULL on older servers, counted as 0.
 SERVER_BUDGET_SQL = (
     "SELECT current_setting('max_connections')::int"
     " - current_setting('superuser_reserved_connections')::int"
+    " - coalesce(current_setting('reserved_connections', true)::int, 0)"
 )
 
 
