@@ -99,7 +99,7 @@ class AlertStack:
         am_config = {
             "route": {
                 "receiver": "demo",
-                "group_by": ["alertname", "pool"],
+                "group_by": ["alertname", "cluster", "pool", "host", "port", "job"],  # as shipped
                 "group_wait": "1s",
                 "group_interval": "1s",
                 "repeat_interval": "1h",
