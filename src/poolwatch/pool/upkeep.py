@@ -17,7 +17,7 @@ from psycopg.pq import TransactionStatus
 
 from .._acompat import CLIENT_EXCEPTIONS, Queue, ensure
 from ..abc import CT, ConnectFailedCB, ConnectionCB, ConninfoParam, KwargsParam
-from ._redact import redact, secrets_in
+from ._redact import without_secrets
 from .base import SERVER_BUDGET_SQL, Backoff, BasePool
 from .sched import Scheduler
 from .tasks import AddConnection, CloseConnection, MaintenanceTask, StopWorker
@@ -217,19 +217,19 @@ class PoolUpkeep(Generic[CT], BasePool):
         if timeout:
             kwargs = {**kwargs, "connect_timeout": max(round(timeout), 1)}
         t0 = monotonic()
+        failure: BaseException | None = None
         try:
             conn = self.connection_class.connect(conninfo, **kwargs)
         except CLIENT_EXCEPTIONS as ex:
+            # What is kept, logged, observed and raised is a copy without the secrets.
+            failure = without_secrets(ex, conninfo, kwargs)
             with self._lock:
-                self._connect_failed_locked(monotonic() - t0, ex)
+                self._connect_failed_locked(monotonic() - t0, failure)
             if self._observer:
-                self._observer.on_connect(monotonic() - t0, ex)
+                self._observer.on_connect(monotonic() - t0, failure)
                 self._flush_notifications()
-            if isinstance(ex, Exception):
-                secrets = secrets_in(conninfo, kwargs)
-                if secrets and any(s in str(ex) for s in secrets):
-                    raise type(ex)(redact(str(ex), secrets)) from None
-            raise
+        if failure is not None:
+            raise failure  # outside the handler, so the original is not its __context__
         conn._pool = self  # type: ignore[assignment]  # keeps `with conn` in configure open
         try:
             if not self._server_max_read:
