@@ -36,6 +36,8 @@ STATUS_PAGE = (Path(__file__).with_name("status.html")).read_text(encoding="utf-
 
 #: Responses smaller than this are sent as they are: gzip would not pay for itself.
 GZIP_MIN_BYTES = 1024
+#: Every endpoint answers HEAD like GET, without the body (probes and link checkers use it).
+READ_METHODS = ["GET", "HEAD"]
 #: /readyz fails while a request has waited this long for a connection (seconds).
 DEFAULT_READY_MAX_WAIT = 1.0
 
@@ -108,17 +110,92 @@ class Exporter:
         return None
 
 
-def _wants_openmetrics(request: Request) -> bool:
-    return "application/openmetrics-text" in request.headers.get("accept", "")
+def _weighted(header: str) -> list[tuple[str, float]]:
+    """The items of an Accept or Accept-Encoding header: (lower-cased token, q).
+
+    Parameters other than q (an OpenMetrics ``version``, say) are dropped; a q that
+    is not a number between 0 and 1 counts as 0, as if the item were refused.
+    """
+    items = []
+    for item in header.split(","):
+        token, *params = (part.strip() for part in item.split(";"))
+        if not token:
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:  # also NaN
+                    q = 0.0
+        items.append((token.lower(), q))
+    return items
+
+
+def _media_quality(items: list[tuple[str, float]], media: str) -> tuple[float, int] | None:
+    """(q, specificity) of the most specific range matching *media*; None if none does.
+
+    Specificity: 2 for the type itself, 1 for ``type/*``, 0 for ``*/*``.
+    """
+    family = media.partition("/")[0]
+    best: tuple[int, float] | None = None
+    for token, q in items:
+        if token == media:
+            rank = 2
+        elif token == f"{family}/*":
+            rank = 1
+        elif token == "*/*":
+            rank = 0
+        else:
+            continue
+        if best is None or (rank, q) > best:
+            best = (rank, q)
+    return None if best is None else (best[1], best[0])
+
+
+def _wants_openmetrics(request: Request) -> bool | None:
+    """True for OpenMetrics, False for the text format, None if the client refuses both.
+
+    OpenMetrics is opt-in: it must be named (a wildcard means the text format) with a
+    q above 0 and at least that of the text format. Prometheus lists it first.
+    """
+    header = request.headers.get("accept", "").strip()
+    if not header:
+        return False
+    items = _weighted(header)
+    om = _media_quality(items, "application/openmetrics-text")
+    text = _media_quality(items, "text/plain")
+    om_q = om[0] if om is not None and om[1] == 2 else 0.0
+    if om_q > 0 and om_q >= (text[0] if text is not None else 0.0):
+        return True
+    if text is not None and text[0] == 0 and om_q == 0:
+        return None  # both formats refused outright
+    return False
+
+
+def _accepts_gzip(request: Request) -> bool:
+    """Whether gzip is acceptable: named with q > 0, or not named and ``*`` has q > 0."""
+    items = _weighted(request.headers.get("accept-encoding", ""))
+    named = [q for token, q in items if token in ("gzip", "x-gzip")]
+    if named:
+        return max(named) > 0
+    return any(q > 0 for token, q in items if token == "*")
 
 
 def _bearer_check(token: str | None) -> Callable[[Request], None]:
+    expected = None if token is None else token.encode("utf-8")
+
     def check(request: Request) -> None:
-        if token is None:
+        if expected is None:
             return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+        # Starlette decodes header bytes as Latin-1; encoding back gives the bytes
+        # the client sent, which for a non-ASCII token are its UTF-8.
+        given = request.headers.get("authorization", "").encode("latin-1")
+        scheme, _, value = given.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(value.strip(), expected):
             raise HTTPException(
                 status_code=401,
                 detail="a valid bearer token is required",
@@ -159,36 +236,42 @@ def create_router(
     guarded = [Depends(_bearer_check(token))]
     router = APIRouter()
 
-    @router.get("/metrics", dependencies=guarded, response_class=Response)
+    @router.api_route("/metrics", methods=READ_METHODS, dependencies=guarded)
     def metrics(request: Request) -> Response:
         openmetrics = _wants_openmetrics(request)
+        headers = {"Cache-Control": "no-store", "Vary": "Accept, Accept-Encoding"}
+        if openmetrics is None:
+            return Response(
+                "neither the Prometheus text format nor OpenMetrics is acceptable\n",
+                status_code=406,
+                media_type="text/plain",
+                headers=headers,
+            )
         body = ex.metrics_text(openmetrics).encode()
-        headers = {"Cache-Control": "no-store"}
-        if "gzip" in request.headers.get("accept-encoding", "") and len(body) >= GZIP_MIN_BYTES:
+        if _accepts_gzip(request) and len(body) >= GZIP_MIN_BYTES:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
-        headers["Vary"] = "Accept, Accept-Encoding"
         media = OPENMETRICS_CONTENT_TYPE if openmetrics else PROMETHEUS_CONTENT_TYPE
         return Response(body, media_type=media, headers=headers)
 
-    @router.get("/healthz")
+    @router.api_route("/healthz", methods=READ_METHODS)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.api_route("/readyz", methods=READ_METHODS)
     def readyz() -> JSONResponse:
         ready, body = ex.readiness()
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @router.get("/", response_class=HTMLResponse)
+    @router.api_route("/", methods=READ_METHODS)
     def status_page() -> HTMLResponse:
         return HTMLResponse(STATUS_PAGE, headers={"Cache-Control": "no-store"})
 
-    @router.get("/api/live", dependencies=guarded)
+    @router.api_route("/api/live", methods=READ_METHODS, dependencies=guarded)
     def live() -> JSONResponse:
         return JSONResponse(ex.live.view(), headers={"Cache-Control": "no-store"})
 
-    @router.get("/pools", dependencies=guarded)
+    @router.api_route("/pools", methods=READ_METHODS, dependencies=guarded)
     def pools_view() -> JSONResponse:
         views = [pool_view(s) for s in ex.states()]
         return JSONResponse({"pools": views}, headers={"Cache-Control": "no-store"})
