@@ -24,8 +24,6 @@ def pool(dsn):
         yield pool
 
 
-
-
 def test_a_non_ascii_token_sent_as_utf8_matches(pool):
     token = "tökén-🔑-密码"
     with exporter([pool], token=token) as srv:
