@@ -9,6 +9,7 @@ from several processes or from two pools given the same name in one process.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import weakref
 from collections.abc import Iterable
@@ -96,18 +97,42 @@ class PoolState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, live: bool = True) -> PoolState:
-        state = cls(pool=str(data["pool"]), info={k: str(v) for k, v in data["info"].items()})
+        """A state written by `to_json`, in this or another process.
+
+        Raises ValueError for values no pool writes (not-a-number, infinite, text
+        that is not encodable), which would otherwise break every endpoint.
+        """
+        state = cls(
+            pool=_text(data["pool"]), info={_text(k): _text(v) for k, v in data["info"].items()}
+        )
         for key, labels, value in data["scalars"]:
             if key in BY_KEY:
-                state.scalars[(key, tuple(labels))] = float(value)
+                state.scalars[(key, _labels(labels))] = _finite(value)
         for key, labels, counts, total in data["histograms"]:
             metric = BY_KEY.get(key)
             if metric is not None and len(counts) == len(metric.buckets) + 1:
-                state.histograms[(key, tuple(labels))] = HistogramValue(
-                    [int(n) for n in counts], float(total)
+                state.histograms[(key, _labels(labels))] = HistogramValue(
+                    [int(n) for n in counts], _finite(total)
                 )
         state.live = live
         return state
+
+
+def _text(value: object) -> str:
+    text = str(value)
+    text.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError, a ValueError
+    return text
+
+
+def _labels(values: Any) -> tuple[str, ...]:
+    return tuple(_text(v) for v in values)
+
+
+def _finite(value: object) -> float:
+    number = float(value)  # type: ignore[arg-type]  # ValueError/TypeError for non-numbers
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
 
 
 # Label sets shown even before anything was observed, so that increase() and
