@@ -52,6 +52,8 @@ def shapes(port: int, password: str) -> Iterator[tuple[str, object, dict[str, st
     yield "kv-quoted", f"{base} password={kv_quoted(password)}", None
     yield "kv-unterminated", f"{base} password='{password}", None
     yield "kv-spaced", f"{base} password = {password} sslmode=disable", None
+    # a connection string nested in dbname, which libpq expands
+    yield "kv-dbname-uri", f"host=127.0.0.1 port={port} dbname={kv_quoted(uri)}", None
     yield "kwargs", base, {"password": password}
     yield "kwargs-dbname-uri", f"host=127.0.0.1 port={port}", {"dbname": uri}
     yield "callable-uri", (lambda: uri), None
@@ -108,27 +110,34 @@ def test_no_password_reaches_errors_logs_reprs_or_endpoints(every_shape, caplog)
             pool.open(wait=False)
             # every password here is wrong or malformed: the pool must fail to connect
             wait_until(lambda p=pool: p.connect_failing is not None, timeout=60)
-            # getconn first: a failed wait() closes the pool
-            for attempt in (lambda p=pool: p.getconn(0.2), lambda p=pool: p.wait(timeout=0.2)):
-                with pytest.raises(PoolTimeout) as info:
-                    attempt()
-                assert info.value.__cause__ is not None, label
-                errors.append((label, info.value))
+            with pytest.raises(PoolTimeout) as info:
+                pool.getconn(0.2)
+            errors.append((label, info.value))
         with exporter(pools, token=None) as srv:
             bodies = [
                 (path, httpx.get(srv.url + path, headers=headers, timeout=30).text)
                 for path in ("/metrics", "/pools", "/readyz", "/healthz", "/api/live")
                 for headers in ({}, {"Accept": "application/openmetrics-text"})
             ]
+            # the endpoints did show every pool that was built
+            shown = httpx.get(srv.url + "/pools", timeout=30).json()["pools"]
+            assert len(shown) == len(pools)
         reprs = [repr(p) for p in pools]
+        # last, as a failed wait() closes the pool
+        for pool in pools:
+            with pytest.raises(PoolTimeout) as info:
+                pool.wait(timeout=0.2)
+            errors.append((pool.name, info.value))
     finally:
         for p in pools:
             p.close()
 
-    # every shape was exercised, both ways of failing were seen
-    assert len({label for label, _ in errors}) == len(every_shape)
+    # every shape was exercised, both ways of failing were seen, timeouts carry the cause
+    assert len({label for label, ex in errors if not isinstance(ex, PoolTimeout)}) + len(
+        pools
+    ) == len(every_shape)
     assert any(isinstance(ex, ValueError) for _, ex in errors)
-    assert any(isinstance(ex, PoolTimeout) for _, ex in errors)
+    assert all(ex.__cause__ is not None for _, ex in errors if isinstance(ex, PoolTimeout))
     for label, error in errors:
         for text in texts_of(error):
             assert_clean(text, f"error of {label}")
