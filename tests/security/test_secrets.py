@@ -42,7 +42,7 @@ def kv_quoted(password: str) -> str:
     return "'" + password.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def shapes(port: int, password: str) -> Iterator[tuple[str, object, dict[str, str] | None]]:
+def shapes(port: int, password: str) -> Iterator[tuple[str, object, object]]:
     """(label, conninfo, kwargs): the ways one password reaches a pool."""
     base = f"host=127.0.0.1 port={port} user=poolwatch dbname=postgres"
     uri = f"postgresql://poolwatch:{password}@127.0.0.1:{port}/postgres"
@@ -59,6 +59,8 @@ def shapes(port: int, password: str) -> Iterator[tuple[str, object, dict[str, st
     yield "callable-uri", (lambda: uri), None
     yield "callable-kv", (lambda: f"{base} password={password}"), None
     yield "callable-kwargs", (lambda: base), {"password": password}
+    yield "kwargs-callable", base, (lambda: {"password": password})
+    yield "kwargs-callable-dbname-uri", f"host=127.0.0.1 port={port}", (lambda: {"dbname": uri})
 
 
 def chain(error: BaseException) -> Iterator[BaseException]:
@@ -85,7 +87,7 @@ def assert_clean(text: str, where: str) -> None:
 
 
 @pytest.fixture
-def every_shape(pg) -> list[tuple[str, object, dict[str, str] | None]]:
+def every_shape(pg) -> list[tuple[str, object, object]]:
     return [
         (f"{label}:{pw}", conninfo, kwargs)
         for pw in PASSWORDS
