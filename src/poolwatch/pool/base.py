@@ -70,7 +70,7 @@ def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> floa
 
 
 #: Longer names are refused; metric labels are cut to 128 characters plus a hash anyway.
-MAX_NAME_LENGTH = 255
+MAX_NAME_LENGTH = 1024
 
 
 def check_name(value: object) -> str | None:
