@@ -95,6 +95,7 @@ def every_shape(pg) -> list[tuple[str, object, object]]:
     ]
 
 
+@pytest.mark.timeout(600)  # over a hundred pools, each failing to connect
 def test_no_password_reaches_errors_logs_reprs_or_endpoints(every_shape, caplog):
     caplog.set_level(logging.DEBUG)
     errors: list[tuple[str, BaseException]] = []
