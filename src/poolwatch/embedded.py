@@ -15,6 +15,7 @@ import pwd
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -97,8 +98,29 @@ def _reachable_by(user: pwd.struct_passwd, path: Path) -> bool:
     return True
 
 
+def _owned_and_sealed(top: Path) -> bool:
+    """Whether *top* and everything below it belong to us and nobody else can write there.
+
+    Symbolic links are checked, not followed: they were copied as they are and
+    point inside the tree.
+    """
+    me = os.geteuid()
+    paths = [str(top)]
+    for root, dirs, files in os.walk(top):
+        paths += [os.path.join(root, name) for name in dirs + files]
+    for path in paths:
+        st = os.lstat(path)
+        if st.st_uid != me or (not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022):
+            return False
+    return True
+
+
 def _bindir_for(user: pwd.struct_passwd | None, bindir: Path) -> Path:
     """*bindir*, or a world-readable copy of its install if the server user cannot reach it.
+
+    The copy is shared between runs under a fixed name in the temporary directory,
+    but only if it is ours and sealed (see `_owned_and_sealed`); otherwise a private
+    copy is made, so that another local user cannot plant the binaries we run.
 
     A virtual environment under a private home directory (``/root``) holds pgserver's
     binaries where the ``postgres`` user may not go.
@@ -114,21 +136,33 @@ def _bindir_for(user: pwd.struct_passwd | None, bindir: Path) -> Path:
     if libs.is_dir():
         parts[libs.name] = libs
     tag = hashlib.sha256(str(install).encode()).hexdigest()[:12]
-    copy = Path(tempfile.gettempdir()) / f"poolwatch-pginstall-{tag}"
-    new_bindir = copy / package.name / install.name / "bin"
-    if not (new_bindir / "postgres").exists():
-        staging = Path(tempfile.mkdtemp(prefix="poolwatch-pginstall-"))
-        for relative, source in parts.items():
-            shutil.copytree(source, staging / "tree" / relative, symlinks=True)
-        os.chmod(staging, 0o755)
-        for root, dirs, files in os.walk(staging):
-            for name in dirs + files:
-                target = os.path.join(root, name)
-                if not os.path.islink(target):
-                    os.chmod(target, os.stat(target).st_mode | 0o555)
-        (staging / "tree").rename(copy)
-        shutil.rmtree(staging, ignore_errors=True)
-    return new_bindir
+    shared = Path(tempfile.gettempdir()) / f"poolwatch-pginstall-{tag}"
+    relative_bindir = Path(package.name) / install.name / "bin"
+    if (shared / relative_bindir / "postgres").exists() and _owned_and_sealed(shared):
+        return shared / relative_bindir
+    staging = Path(tempfile.mkdtemp(prefix="poolwatch-pginstall-"))  # 0700, ours alone
+    for relative, source in parts.items():
+        shutil.copytree(source, staging / "tree" / relative, symlinks=True)
+    for root, dirs, files in os.walk(staging):
+        for name in dirs + files:
+            target = os.path.join(root, name)
+            if not os.path.islink(target):
+                # readable and runnable by the server user, writable by us only
+                os.chmod(target, (os.stat(target).st_mode | 0o555) & ~0o022)
+    os.chmod(staging, 0o755)
+    if not os.path.lexists(shared):
+        try:
+            (staging / "tree").rename(shared)
+        except OSError:  # someone else got there first: keep our private copy
+            pass
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+            if _owned_and_sealed(shared):
+                return shared / relative_bindir
+            raise ClusterError(f"{shared} changed hands while it was being created")
+    # The shared name is taken by a copy we cannot trust (another user's, or writable
+    # by others): run from our private one instead, never from theirs.
+    return staging / "tree" / relative_bindir
 
 
 @dataclass

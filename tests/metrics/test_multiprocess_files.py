@@ -185,6 +185,15 @@ HOSTILE = {
         good, lambda d, e: e.__setitem__("pool", "x" * 1_000_000)
     ),
     "not an object": lambda good: "[1, 2, 3]",
+    # Written as JSON escapes (ensure_ascii), as another writer could: text that cannot
+    # be encoded used to make /pools and /api/live answer 500 for every pool.
+    "lone surrogate in the name": lambda good: mutated(
+        good, lambda d, e: e.__setitem__("pool", "bad\ud800")
+    ),
+    "lone surrogate in an error kind": lambda good: mutated(
+        good, lambda d, e: e["scalars"].append(["errors", ["k\udfff", "08"], 1])
+    ),
+    "a number as a string": lambda good: mutated(good, set_scalar("waits", "NaN")),
 }
 
 

@@ -7,8 +7,11 @@ of their own, to run beside the application or to mount as a sub-app.
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import hmac
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +37,39 @@ from ..metrics.state import PoolState, Watchable
 from ..metrics.views import pool_view
 from .live import LiveHistory
 
-#: The status page: one self-contained file (no CDN, no font downloads).
+#: The status page and its script, served by the exporter itself (no CDN, no font downloads).
 STATUS_PAGE = (Path(__file__).with_name("status.html")).read_text(encoding="utf-8")
+STATUS_SCRIPT = (Path(__file__).with_name("status.js")).read_text(encoding="utf-8")
+
+
+def _content_security_policy(page: str) -> str:
+    """The page's CSP: its own script file only (no inline script), its one style block.
+
+    Pool names and error kinds come from other processes' state files: even if one
+    ever reached the DOM as markup, the browser would run none of it.
+    """
+    style = re.search(r"<style>(.*?)</style>", page, re.DOTALL)
+    digest = hashlib.sha256((style.group(1) if style else "").encode()).digest()
+    return "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            "connect-src 'self'",
+            "img-src 'self'",
+            f"style-src 'sha256-{base64.b64encode(digest).decode()}'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'self'",
+        )
+    )
+
+
+STATUS_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": _content_security_policy(STATUS_PAGE),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 #: Responses smaller than this are sent as they are: gzip would not pay for itself.
 GZIP_MIN_BYTES = 1024
@@ -43,6 +77,8 @@ GZIP_MIN_BYTES = 1024
 #: every instance starves at once, and failing readiness everywhere would make the load
 #: balancer drop the whole service (docs/fleet.md, "Readiness and the cascade").
 DEFAULT_READY_MAX_WAIT: float | None = None
+#: Every endpoint answers HEAD like GET, without the body (probes and link checkers use it).
+READ_METHODS = ["GET", "HEAD"]
 
 
 class Exporter:
@@ -129,17 +165,92 @@ class Exporter:
         return None
 
 
-def _wants_openmetrics(request: Request) -> bool:
-    return "application/openmetrics-text" in request.headers.get("accept", "")
+def _weighted(header: str) -> list[tuple[str, float]]:
+    """The items of an Accept or Accept-Encoding header: (lower-cased token, q).
+
+    Parameters other than q (an OpenMetrics ``version``, say) are dropped; a q that
+    is not a number between 0 and 1 counts as 0, as if the item were refused.
+    """
+    items = []
+    for item in header.split(","):
+        token, *params = (part.strip() for part in item.split(";"))
+        if not token:
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:  # also NaN
+                    q = 0.0
+        items.append((token.lower(), q))
+    return items
+
+
+def _media_quality(items: list[tuple[str, float]], media: str) -> tuple[float, int] | None:
+    """(q, specificity) of the most specific range matching *media*; None if none does.
+
+    Specificity: 2 for the type itself, 1 for ``type/*``, 0 for ``*/*``.
+    """
+    family = media.partition("/")[0]
+    best: tuple[int, float] | None = None
+    for token, q in items:
+        if token == media:
+            rank = 2
+        elif token == f"{family}/*":
+            rank = 1
+        elif token == "*/*":
+            rank = 0
+        else:
+            continue
+        if best is None or (rank, q) > best:
+            best = (rank, q)
+    return None if best is None else (best[1], best[0])
+
+
+def _wants_openmetrics(request: Request) -> bool | None:
+    """True for OpenMetrics, False for the text format, None if the client refuses both.
+
+    OpenMetrics is opt-in: it must be named (a wildcard means the text format) with a
+    q above 0 and at least that of the text format. Prometheus lists it first.
+    """
+    header = request.headers.get("accept", "").strip()
+    if not header:
+        return False
+    items = _weighted(header)
+    om = _media_quality(items, "application/openmetrics-text")
+    text = _media_quality(items, "text/plain")
+    om_q = om[0] if om is not None and om[1] == 2 else 0.0
+    if om_q > 0 and om_q >= (text[0] if text is not None else 0.0):
+        return True
+    if text is not None and text[0] == 0 and om_q == 0:
+        return None  # both formats refused outright
+    return False
+
+
+def _accepts_gzip(request: Request) -> bool:
+    """Whether gzip is acceptable: named with q > 0, or not named and ``*`` has q > 0."""
+    items = _weighted(request.headers.get("accept-encoding", ""))
+    named = [q for token, q in items if token in ("gzip", "x-gzip")]
+    if named:
+        return max(named) > 0
+    return any(q > 0 for token, q in items if token == "*")
 
 
 def _bearer_check(token: str | None) -> Callable[[Request], None]:
+    expected = None if token is None else token.encode("utf-8")
+
     def check(request: Request) -> None:
-        if token is None:
+        if expected is None:
             return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+        # Starlette decodes header bytes as Latin-1; encoding back gives the bytes
+        # the client sent, which for a non-ASCII token are its UTF-8.
+        given = request.headers.get("authorization", "").encode("latin-1")
+        scheme, _, value = given.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(value.strip(), expected):
             raise HTTPException(
                 status_code=401,
                 detail="a valid bearer token is required",
@@ -183,36 +294,50 @@ def create_router(
     guarded = [Depends(_bearer_check(token))]
     router = APIRouter()
 
-    @router.get("/metrics", dependencies=guarded, response_class=Response)
+    @router.api_route("/metrics", methods=READ_METHODS, dependencies=guarded)
     def metrics(request: Request) -> Response:
         openmetrics = _wants_openmetrics(request)
+        headers = {"Cache-Control": "no-store", "Vary": "Accept, Accept-Encoding"}
+        if openmetrics is None:
+            return Response(
+                "neither the Prometheus text format nor OpenMetrics is acceptable\n",
+                status_code=406,
+                media_type="text/plain",
+                headers=headers,
+            )
         body = ex.metrics_text(openmetrics).encode()
-        headers = {"Cache-Control": "no-store"}
-        if "gzip" in request.headers.get("accept-encoding", "") and len(body) >= GZIP_MIN_BYTES:
+        if _accepts_gzip(request) and len(body) >= GZIP_MIN_BYTES:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
-        headers["Vary"] = "Accept, Accept-Encoding"
         media = OPENMETRICS_CONTENT_TYPE if openmetrics else PROMETHEUS_CONTENT_TYPE
         return Response(body, media_type=media, headers=headers)
 
-    @router.get("/healthz")
+    @router.api_route("/healthz", methods=READ_METHODS)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.api_route("/readyz", methods=READ_METHODS)
     def readyz() -> JSONResponse:
         ready, body = ex.readiness()
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @router.get("/", response_class=HTMLResponse)
+    @router.api_route("/", methods=READ_METHODS)
     def status_page() -> HTMLResponse:
-        return HTMLResponse(STATUS_PAGE, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(STATUS_PAGE, headers=STATUS_PAGE_HEADERS)
 
-    @router.get("/api/live", dependencies=guarded)
+    @router.api_route("/status.js", methods=READ_METHODS)
+    def status_script() -> Response:
+        return Response(
+            STATUS_SCRIPT,
+            media_type="text/javascript",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    @router.api_route("/api/live", methods=READ_METHODS, dependencies=guarded)
     def live() -> JSONResponse:
         return JSONResponse(ex.live.view(), headers={"Cache-Control": "no-store"})
 
-    @router.get("/pools", dependencies=guarded)
+    @router.api_route("/pools", methods=READ_METHODS, dependencies=guarded)
     def pools_view() -> JSONResponse:
         views = [pool_view(s) for s in ex.states()]
         return JSONResponse({"pools": views}, headers={"Cache-Control": "no-store"})

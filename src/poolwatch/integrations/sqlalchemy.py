@@ -59,6 +59,11 @@ class SQLAlchemyPool:
     def __init__(self, engine: Any, name: str) -> None:
         from sqlalchemy import event
 
+        from ..errors import PoolConfigError
+        from ..pool.base import check_name
+
+        if not check_name(name):
+            raise PoolConfigError("name must be a non-empty str")
         self.name = name
         self.server_identity: dict[str, str] | None = None
         self.server_max_connections: int | None = None

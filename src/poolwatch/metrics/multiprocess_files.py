@@ -123,7 +123,17 @@ def _require(condition: bool, why: str) -> None:
 def _text(value: object, what: str, limit: int = MAX_LABEL_LENGTH) -> str:
     _require(isinstance(value, str) and len(value) <= limit, f"{what} is not a short string")
     assert isinstance(value, str)
+    # A lone surrogate (a JSON escape no pool writes) cannot be encoded in any response.
+    _require(value.isprintable() and _encodable(value), f"{what} is not printable UTF-8")
     return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _number(value: object, what: str) -> float:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from psycopg.conninfo import conninfo_to_dict
 
 from ..observe import CONNECT_OUTCOMES, ERROR_KINDS, SQLSTATE_CLASSES, PoolAggregates, PoolSnapshot
+from ..pool._redact import redact_message
 from .names import BY_KEY, INFO_LABELS
 
 #: (metric key, extra label values) -> value
@@ -137,7 +138,9 @@ def identity_of(pool: Watchable) -> dict[str, str]:
         for name in ("host", "port", "dbname", "application_name"):
             value = params.get(name)
             if value is not None:
-                info[name] = bounded(str(value))
+                # A malformed URI puts part of the password in "host", and dbname may
+                # hold a whole connection string: mask what came from a secret.
+                info[name] = bounded(redact_message(str(value), conninfo))
     return info
 
 

@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import traceback
+import unicodedata
 import weakref
 from collections import deque
 from difflib import get_close_matches
@@ -68,6 +69,30 @@ def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> floa
         bound = ">= 0" if allow_zero else "> 0"
         raise PoolConfigError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
     return float(value)
+
+
+#: Longer names are refused; metric labels are cut to 128 characters plus a hash anyway.
+MAX_NAME_LENGTH = 1024
+
+
+def check_name(value: object) -> str | None:
+    """*value* if it is a usable pool name (or None): text that every output can carry."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise PoolConfigError(f"name must be a str or None, got {type(value).__name__}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise PoolConfigError(
+            f"name must be at most {MAX_NAME_LENGTH} characters, got {len(value)}"
+        )
+    # lone surrogates cannot be encoded (UTF-8 exposition and JSON fail on them);
+    # control characters break log lines and label values
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise PoolConfigError(
+            f"name must not contain control characters or lone surrogates, got {bad!r}"
+        )
+    return value
 
 
 def reject_unknown_arguments(cls_name: str, unknown: dict[str, Any], known: list[str]) -> None:
@@ -193,6 +218,7 @@ class BasePool:
         use_lifo: bool = False,
     ) -> None:
         min_size, max_size = self._check_size(min_size, max_size)
+        name = check_name(name)
         self.name = name if name else f"pool-{next(BasePool._names)}"
         self.close_returns = bool(close_returns)
         self.timeout = check_seconds("timeout", timeout)

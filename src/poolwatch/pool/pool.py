@@ -28,10 +28,10 @@ from .._acompat import (
     spawn,
 )
 from ..abc import CT, ConnectFailedCB, ConnectionCB, ConninfoParam, KwargsParam
-from ..errors import PoolClosed, PoolTimeout, TooManyRequests
+from ..errors import PoolClosed, PoolConfigError, PoolTimeout, TooManyRequests
 from ..observe import ACQUIRE_BUCKETS, PoolObserver
 from ._lograte import flush_pool_warnings
-from ._redact import redact, secrets_in
+from ._redact import redact_message
 from .base import Backoff, borrower_stack, reject_unknown_arguments
 from .sched import Scheduler
 from .tasks import (
@@ -730,8 +730,16 @@ def _check_conninfo(conninfo: object) -> None:
     try:
         conninfo_to_dict(conninfo)
     except Exception as ex:
-        msg = redact(str(ex), secrets_in(conninfo))
-        raise ValueError(f"conninfo is not a valid connection string: {msg}") from None
+        problem = redact_message(str(ex), conninfo)
+    else:
+        return
+    # Raised outside the handler: libpq's own message, which may quote the password,
+    # must not ride along as __context__.
+    raise PoolConfigError(
+        f"conninfo is not a valid connection string: {problem} (in a URI, percent-encode"
+        " '%', '@', '/', ':' and spaces in the password; in key=value form, quote values"
+        " containing spaces or quotes)"
+    )
 
 
 _ARGUMENTS = [

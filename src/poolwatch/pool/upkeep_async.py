@@ -17,7 +17,7 @@ from psycopg.pq import TransactionStatus
 from .._acompat import ACLIENT_EXCEPTIONS, AQueue, acancelling, aensure
 from ..abc import ACT, AsyncConnectFailedCB, AsyncConnectionCB, AsyncConninfoParam, AsyncKwargsParam
 from ._lograte import pool_warning
-from ._redact import redact, secrets_in
+from ._redact import without_secrets
 from .base import SERVER_BUDGET_SQL, Backoff, BasePool
 from .sched_async import AsyncScheduler
 from .tasks_async import AddConnection, CloseConnection, MaintenanceTask, StopWorker
@@ -262,6 +262,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
         t0 = monotonic()
         conninfo: str = ""
         kwargs: dict[str, Any] = {}
+        failure: BaseException | None = None
         try:
             conninfo = await aensure(self.conninfo) if callable(self.conninfo) else self.conninfo
             kwargs = (await aensure(self.kwargs) if callable(self.kwargs) else self.kwargs) or {}
@@ -269,16 +270,16 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
                 kwargs = {**kwargs, "connect_timeout": max(round(timeout), 1)}
             conn = await self.connection_class.connect(conninfo, **kwargs)
         except BaseException as ex:
+            # What is kept, logged, observed and raised is a copy without the secrets
+            # (interruptions and cancellations pass through as they are).
+            failure = without_secrets(ex, conninfo, kwargs)
             with self._lock:
-                self._connect_failed_locked(monotonic() - t0, ex)
+                self._connect_failed_locked(monotonic() - t0, failure)
             if self._observer:
-                self._observer.on_connect(monotonic() - t0, ex)
+                self._observer.on_connect(monotonic() - t0, failure)
                 self._flush_notifications()
-            if isinstance(ex, Exception):
-                secrets = secrets_in(conninfo, kwargs)
-                if secrets and any(s in str(ex) for s in secrets):
-                    raise type(ex)(redact(str(ex), secrets)) from None
-            raise
+        if failure is not None:
+            raise failure  # outside the handler, so the original is not its __context__
         conn._pool = self  # type: ignore[assignment]  # keeps `with conn` in configure open
         try:
             if not self._server_max_read:
