@@ -151,5 +151,9 @@ def test_the_cli_writes_both_formats_with_settings():
     boards = cli("dashboards", "--format", "configmap", "--out", "-")
     assert boards.returncode == 0, boards.stderr
     assert boards.stdout == render_configmap(dashboard_files())
-    refused = cli("dashboards", "--out", "-")
-    assert refused.returncode == 2 and "--format configmap" in refused.stderr
+    # JSON on stdout is one document: the per-pool board, or the one --board names.
+    pool_board = cli("dashboards", "--out", "-")
+    assert pool_board.returncode == 0, pool_board.stderr
+    assert pool_board.stdout == dashboard_files()["poolwatch.json"]
+    fleet_board = cli("dashboards", "--out", "-", "--board", "fleet")
+    assert fleet_board.stdout == dashboard_files()["poolwatch-fleet.json"]
