@@ -206,6 +206,13 @@ def watch(
     """
     if not (hasattr(pool, "checkouts") and hasattr(pool, "track_call_sites")):
         raise TypeError(f"watch() needs a poolwatch pool, got {type(pool).__name__}")
+    if export_call_sites and not call_sites:
+        raise ValueError("export_call_sites=True needs call_sites=True")
+    if export_call_sites and isinstance(top, int) and top > MAX_EXPORTED_SITES:
+        # a hard cap on the series a pool can add: (top + "(other)") x 4 families
+        raise ValueError(
+            f"with export_call_sites, top must be at most {MAX_EXPORTED_SITES}, got {top}"
+        )
     insight = SAMPLER.get(pool)
     if insight is None or insight.table.top != top:
         fresh = PoolInsight(top=top, export_call_sites=export_call_sites)
@@ -219,6 +226,17 @@ def watch(
     return insight
 
 
+def ensure_watched(pool: object) -> None:
+    """Watch *pool* with the defaults unless it is watched already (exporters call this).
+
+    The activity split costs the checkout nothing, so every exported pool has it;
+    call sites stay as the user set them (`watch(pool, call_sites=True)`).
+    """
+    watchable = hasattr(pool, "checkouts") and hasattr(pool, "track_call_sites")
+    if watchable and insight_of(pool) is None:
+        watch(pool)  # type: ignore[arg-type]
+
+
 def unwatch(pool: Watched) -> None:
     """Stop sampling *pool* and attributing its checkouts."""
     SAMPLER.remove(pool)
@@ -228,4 +246,3 @@ def unwatch(pool: Watched) -> None:
 def insight_of(pool: Any) -> PoolInsight | None:
     """The insight of a watched pool, or None."""
     return SAMPLER.get(pool)
-
