@@ -55,6 +55,8 @@ def test_current_checkouts_with_age_site_status_pid_and_leak(dsn):
                 t_req1 = monotonic()
                 denied = httpx.get(url, timeout=10)
                 missing = httpx.get(srv.url + "/pools/nope/checkouts", headers=AUTH, timeout=10)
+                page_view = httpx.get(srv.url + "/api/checkouts", headers=AUTH, timeout=10)
+                page_denied = httpx.get(srv.url + "/api/checkouts", timeout=10)
                 pool.putconn(a)
                 pool.putconn(b)
                 after = httpx.get(url, headers=AUTH, timeout=10).json()
@@ -75,7 +77,11 @@ def test_current_checkouts_with_age_site_status_pid_and_leak(dsn):
     assert (first["backend_pid"], second["backend_pid"]) == (pid_a, pid_b)
     assert (first["leaked"], second["leaked"]) == (True, False)
 
-    assert denied.status_code == 401
+    assert denied.status_code == 401 and page_denied.status_code == 401
+    # the status page's view: the same checkouts, by pool name
+    (listed,) = page_view.json()["pools"]
+    assert listed["name"] == "holders"
+    assert [c["site"] for c in listed["checkouts"]] == [first["site"], second["site"]]
     assert missing.status_code == 404
     assert after["checkouts"] == []
 

@@ -78,6 +78,8 @@ GZIP_MIN_BYTES = 1024
 #: every instance starves at once, and failing readiness everywhere would make the load
 #: balancer drop the whole service (docs/fleet.md, "Readiness and the cascade").
 DEFAULT_READY_MAX_WAIT: float | None = None
+#: Current checkouts per pool that the status page lists, oldest first.
+STATUS_CHECKOUTS = 3
 #: Every endpoint answers HEAD like GET, without the body (probes and link checkers use it).
 READ_METHODS = ["GET", "HEAD"]
 
@@ -364,6 +366,21 @@ def _add_checkouts_route(router: APIRouter, ex: Exporter, guarded: list[Any]) ->
             raise HTTPException(status_code=404, detail="no open pool of that name")
         body = {"name": name, "checkouts": current_checkouts(pools)}  # type: ignore[arg-type]
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    @router.api_route("/api/checkouts", methods=READ_METHODS, dependencies=guarded)
+    def oldest_checkouts() -> JSONResponse:
+        # The status page's "oldest checkouts now": every pool in one answer, so that no
+        # pool name (which may be hostile) ever goes into a URL the page requests.
+        by_name: dict[str, list[Watchable]] = {}
+        if ex.multiproc_dir is None:
+            for pool in ex.collector.pools():
+                if not pool.closed:
+                    by_name.setdefault(bounded(pool.name), []).append(pool)
+        views = [
+            {"name": name, "checkouts": current_checkouts(pools)[:STATUS_CHECKOUTS]}  # type: ignore[arg-type]
+            for name, pools in sorted(by_name.items())
+        ]
+        return JSONResponse({"pools": views}, headers={"Cache-Control": "no-store"})
 
 
 def create_app(

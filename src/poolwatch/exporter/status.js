@@ -152,24 +152,29 @@
       el("ol", { class: "sites", "data-field": "checkouts" }, el("li", { class: "caption" }, "…")),
     ];
   }
-  const OLDEST_SHOWN = 3;
-  async function fillCheckouts(section, name, headers) {
-    const target = section.querySelector('[data-field="checkouts"]');
-    let rows = null;
+  async function fillCheckouts(cards, headers) {
+    // one request for every pool: no pool name (hostile, maybe) goes into a URL
+    let byName = new Map();
     try {
-      const r = await fetchLive("pools/" + encodeURIComponent(name) + "/checkouts",
-                                { headers, cache: "no-store" });
-      if (r.ok) rows = (await r.json()).checkouts;
-    } catch (e) { rows = null; }
-    if (!Array.isArray(rows)) {
-      target.replaceChildren(el("li", { class: "caption" }, "not available here"));
-      return;
+      const r = await fetchLive("api/checkouts", { headers, cache: "no-store" });
+      const data = r.ok ? await r.json() : null;
+      const pools = data && Array.isArray(data.pools) ? data.pools : [];
+      byName = new Map(pools.filter(p => p && typeof p === "object" && Array.isArray(p.checkouts))
+                            .map(p => [text(p.name), p.checkouts]));
+    } catch (e) { byName = new Map(); }
+    for (const section of cards) {
+      const target = section.querySelector('[data-field="checkouts"]');
+      const rows = byName.get(section.dataset.pool);
+      if (!rows) {
+        target.replaceChildren(el("li", { class: "caption" }, "not available here"));
+        continue;
+      }
+      const items = rows.filter(c => c && typeof c === "object").map(c =>
+        el("li", {}, text(c.site),
+           el("small", {}, ` ${ms(c.age_seconds)} · ${text(c.transaction_status)}` +
+                           ` · pid ${fmt(c.backend_pid, 0)}${c.leaked === true ? " · LEAKED" : ""}`)));
+      target.replaceChildren(...(items.length ? items : [el("li", { class: "caption" }, "none")]));
     }
-    const items = rows.filter(c => c && typeof c === "object").slice(0, OLDEST_SHOWN).map(c =>
-      el("li", {}, text(c.site),
-         el("small", {}, ` ${ms(c.age_seconds)} · ${text(c.transaction_status)}` +
-                         ` · pid ${fmt(c.backend_pid, 0)}${c.leaked === true ? " · LEAKED" : ""}`)));
-    target.replaceChildren(...(items.length ? items : [el("li", { class: "caption" }, "none")]));
   }
   // --- end of insight ---
 
@@ -218,7 +223,7 @@
       } else {
         const cards = pools.map(card);
         main.replaceChildren(...cards);
-        cards.forEach(section => fillCheckouts(section, section.dataset.pool, headers));
+        fillCheckouts(cards, headers);
       }
       status.textContent = "updated " + new Date().toLocaleTimeString();
       status.classList.remove("stale");
