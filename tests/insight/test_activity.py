@@ -93,3 +93,18 @@ def test_idle_checkout_and_several_connections(dsn):
     assert abs(totals["idle"] - held) / held <= 0.1, (totals, held)
     assert abs(totals["query"] - held) / held <= 0.1, (totals, held)
     assert totals["idle_in_transaction"] / held <= 0.1, totals
+
+
+def test_a_closed_pool_is_forgotten(dsn):
+    pool = ConnectionPool(dsn, min_size=1, name="activity-closed", open=False)
+    watch(pool)  # watched before it opens: kept until it has been opened and closed
+    time.sleep(0.05)
+    assert insight_of(pool) is not None
+    with pool:
+        pool.wait()
+        time.sleep(0.05)
+        assert insight_of(pool) is not None
+    deadline = monotonic() + 10
+    while insight_of(pool) is not None and monotonic() < deadline:
+        time.sleep(0.01)
+    assert insight_of(pool) is None

@@ -157,6 +157,8 @@ class Sampler:
         n = 0
         for pool, insight in pools:
             if pool.closed:
+                if getattr(pool, "_opened", False):  # closed for good: nothing more to see
+                    self.remove(pool)
                 continue
             try:
                 insight.sample(pool.checkouts())
