@@ -215,6 +215,8 @@ def watch(
         raise ValueError(
             f"with export_call_sites, top must be at most {MAX_EXPORTED_SITES}, got {top}"
         )
+    # first, so that a pool refusing attribution (SQLAlchemy's) is left as it was
+    pool.track_call_sites(SiteFinder(skip) if call_sites else None)
     insight = SAMPLER.get(pool)
     if insight is None or insight.table.top != top:
         fresh = PoolInsight(top=top, export_call_sites=export_call_sites)
@@ -223,7 +225,6 @@ def watch(
         insight = fresh
     insight.export_call_sites = bool(export_call_sites)
     insight.call_sites = bool(call_sites)
-    pool.track_call_sites(SiteFinder(skip) if call_sites else None)
     SAMPLER.add(pool, insight)
     return insight
 
