@@ -15,7 +15,7 @@ from time import monotonic
 import pytest
 
 from poolwatch import AsyncConnectionPool, ConnectionPool
-from poolwatch.insight.activity import ACTIVITIES, insight_of, unwatch, watch
+from poolwatch.insight.activity import ACTIVITIES, SAMPLER, insight_of, unwatch, watch
 
 pytestmark = pytest.mark.db
 
@@ -95,16 +95,18 @@ def test_idle_checkout_and_several_connections(dsn):
     assert totals["idle_in_transaction"] / held <= 0.1, totals
 
 
-def test_a_closed_pool_is_forgotten(dsn):
+def test_a_closed_pool_is_no_longer_sampled_and_keeps_its_totals(dsn):
     pool = ConnectionPool(dsn, min_size=1, name="activity-closed", open=False)
-    watch(pool)  # watched before it opens: kept until it has been opened and closed
+    insight = watch(pool)  # watched before it opens: sampled once it is open
     time.sleep(0.05)
-    assert insight_of(pool) is not None
+    assert SAMPLER.sampling(pool)
     with pool:
         pool.wait()
-        time.sleep(0.05)
-        assert insight_of(pool) is not None
+        with pool.connection() as conn:
+            conn.execute("SELECT pg_sleep(0.1)")
     deadline = monotonic() + 10
-    while insight_of(pool) is not None and monotonic() < deadline:
+    while SAMPLER.sampling(pool) and monotonic() < deadline:
         time.sleep(0.01)
-    assert insight_of(pool) is None
+    assert not SAMPLER.sampling(pool)
+    # what it counted stays: a last state written after close() must not go back
+    assert insight_of(pool) is insight and insight.totals()["query"] >= 0.05

@@ -128,12 +128,16 @@ class Sampler:
     def __init__(self, interval: float = SAMPLE_INTERVAL) -> None:
         self.interval = interval
         self._pools: weakref.WeakKeyDictionary[Any, PoolInsight] = weakref.WeakKeyDictionary()
+        # Pools closed for good: no longer sampled, but their totals stay readable (a
+        # multiprocess state is written once more after close, and counters never go back).
+        self._retired: weakref.WeakKeyDictionary[Any, PoolInsight] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
     def add(self, pool: Watched, insight: PoolInsight) -> None:
         with self._lock:
+            self._retired.pop(pool, None)
             self._pools[pool] = insight
             if self._thread is None or not self._thread.is_alive():
                 self._stop = threading.Event()
@@ -145,10 +149,23 @@ class Sampler:
     def remove(self, pool: Watched) -> None:
         with self._lock:
             self._pools.pop(pool, None)
+            self._retired.pop(pool, None)
+
+    def retire(self, pool: Watched) -> None:
+        """Stop sampling *pool* (closed for good) and keep its insight readable."""
+        with self._lock:
+            insight = self._pools.pop(pool, None)
+            if insight is not None:
+                self._retired[pool] = insight
+
+    def sampling(self, pool: Any) -> bool:
+        with self._lock:
+            return pool in self._pools
 
     def get(self, pool: Any) -> PoolInsight | None:
         with self._lock:
-            return self._pools.get(pool)
+            found = self._pools.get(pool)
+            return found if found is not None else self._retired.get(pool)
 
     def sample_once(self) -> int:
         """Sample every open watched pool now; return how many were sampled."""
@@ -158,7 +175,7 @@ class Sampler:
         for pool, insight in pools:
             if pool.closed:
                 if getattr(pool, "_opened", False):  # closed for good: nothing more to see
-                    self.remove(pool)
+                    self.retire(pool)
                 continue
             try:
                 insight.sample(pool.checkouts())
@@ -181,6 +198,7 @@ class Sampler:
         self._lock = threading.Lock()
         self._thread = None
         self._pools = weakref.WeakKeyDictionary()
+        self._retired = weakref.WeakKeyDictionary()
 
 
 SAMPLER: Final = Sampler()
