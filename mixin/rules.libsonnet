@@ -11,6 +11,7 @@ local acquire = 'poolwatch_acquire_seconds';
 local connect = 'poolwatch_connect_seconds';
 local lifetime = 'poolwatch_connection_lifetime_seconds';
 local leaked = 'poolwatch_leaked_connections';
+local activity = 'poolwatch_checkout_activity_seconds_total';
 local oldest = 'poolwatch_oldest_wait_seconds';
 local smax = 'poolwatch_server_max_connections';
 local info = 'poolwatch_pool_info';
@@ -55,6 +56,10 @@ local saturationAlert(c, threshold, for_, severity) =
 local alerting(c) =
   local w = c.window;
   local drop = c.drop_labels;
+  local hw = c.held_idle_window;
+  local heldBy = 'sum without (%s)' % lib.labels(['activity', drop]);
+  local heldWaits = if lib.labels([drop]) == '' then 'increase(%s[%s])' % [waits, hw]
+                    else 'sum without (%s) (increase(%s[%s]))' % [lib.labels([drop]), waits, hw];
   local connectErrors = 'sum without (%s) (increase(%s{kind="connect"}[%s])) > 0'
                         % [lib.labels(['kind, sqlstate_class', drop]), errors, w];
   local churnSel = '{reason=~"%s"}' % churnReasons;
@@ -106,6 +111,17 @@ local alerting(c) =
       'Pool {{ $labels.pool }} has {{ $value }} connections held past leak_timeout',
       '{{ $value }} checkouts of ' + where + ' have been held longer than leak_timeout;'
       + ' the pool log shows where each was taken.',
+    ),
+    lib.alert(
+      c, 'PoolHeldIdleInTransaction',
+      '(\n  %s (rate(%s{activity="idle_in_transaction"}[%s]))\n  / %s (rate(%s[%s]))\n) > %s\nand (%s > 0)'
+      % [heldBy, activity, hw, heldBy, activity, hw, lib.num(c.held_idle_share), heldWaits],
+      c.held_idle_for, c.held_idle_severity,
+      'Pool {{ $labels.pool }} connections sit idle in transactions while requests wait',
+      'Over the last ' + hw + ', connections of ' + where + ' spent {{ $value | humanizePercentage }}'
+      + ' of their checked-out time idle inside a transaction (threshold '
+      + lib.pct(c.held_idle_share) + ') while requests queued: code holds transactions open'
+      + ' across other work. A bigger pool will not help; the call sites on /pools say who.',
     ),
     lib.alert(
       c, 'PoolConnectionChurn',

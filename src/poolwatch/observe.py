@@ -13,7 +13,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 logger = logging.getLogger("poolwatch.observe")
 
@@ -226,6 +226,29 @@ class PoolSnapshot:
     def saturation(self) -> float:
         """used / max_size (0 for a pool with max_size 0)."""
         return self.used / self.max_size if self.max_size else 0.0
+
+
+class Checkout(NamedTuple):
+    """One connection checked out now."""
+
+    connection: Any
+    #: monotonic time it was handed out
+    since: float
+    #: who took it, when call-site attribution is on (`BasePool.track_call_sites`)
+    site: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutList:
+    """The checkouts of a pool at one instant (``at``, monotonic), taken under its lock."""
+
+    at: float
+    #: requests that ever queued (the waits counter) and those queued now
+    waits_total: int
+    waiting: int
+    leak_timeout: float | None
+    #: oldest first
+    checkouts: tuple[Checkout, ...]
 
 
 class PoolObserver:

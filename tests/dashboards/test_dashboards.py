@@ -34,6 +34,7 @@ REQUIRED_PANELS = {
     "Connection lifetime (heatmap)": "heatmap",
     "Closes by reason": "timeseries",
     "Hold time p95 and leaks": "timeseries",
+    "What held connections were doing": "timeseries",
     "Fleet budget": "timeseries",
 }
 
@@ -112,7 +113,12 @@ def test_panels_variables_and_alert_annotation():
     assert saturation["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "dashed"
     # runbooks refer to panels by title: they must exist
     runbooks = (ROOT / "docs" / "runbooks.md").read_text()
-    for title in ("Pending requests and waits", "Hold time p95 and leaks", "Fleet budget"):
+    for title in (
+        "Pending requests and waits",
+        "Hold time p95 and leaks",
+        "What held connections were doing",
+        "Fleet budget",
+    ):
         assert f'"{title}"' in runbooks
 
 

@@ -24,6 +24,7 @@ CONNECT = BY_KEY["connect"].prom
 LIFETIME = BY_KEY["lifetime"].prom
 LEAKED = BY_KEY["leaked"].prom
 OLDEST_WAIT = BY_KEY["oldest_wait"].prom
+ACTIVITY = BY_KEY["activity"].sample_name
 SERVER_MAX = BY_KEY["server_max_connections"].prom
 POOL_INFO = BY_KEY["pool_info"].prom + "_info"
 
@@ -85,6 +86,12 @@ class AlertSettings:
     connect_down_severity: str = "critical"
     leak_for: str = "1m"
     leak_severity: str = "warning"
+    #: PoolHeldIdleInTransaction: over this window, more than this share of the time
+    #: connections were checked out they sat idle inside a transaction, while requests queued
+    held_idle_window: str = "10m"
+    held_idle_share: float = 0.5
+    held_idle_for: str = "5m"
+    held_idle_severity: str = "warning"
     #: churn: connections closed before their time live less than this on average ...
     churn_window: str = "15m"
     churn_min_mean_lifetime_seconds: float = 60.0
@@ -116,6 +123,7 @@ ALERT_NAMES = (
     "PoolAcquireTimeouts",
     "PoolConnectErrors",
     "PoolConnectionLeak",
+    "PoolHeldIdleInTransaction",
     "PoolConnectionChurn",
     "PoolFleetOverServerBudget",
     "PoolwatchTargetDown",
@@ -217,6 +225,31 @@ def _saturation(s: AlertSettings, threshold: float, for_: str, severity: str) ->
     )
 
 
+def _held_idle(s: AlertSettings) -> dict[str, Any]:
+    """Connections held idle in a transaction while other requests wait (issue 16)."""
+    w = s.held_idle_window
+    where = "pool {{ $labels.pool }} on {{ $labels.instance }}"
+    by_pool = f"sum without ({_labels('activity', s.drop_labels)})"
+    waits = f"increase({WAITS}[{w}])"
+    if _labels(s.drop_labels):  # the two sides of `and` must carry the same labels
+        waits = f"sum without ({_labels(s.drop_labels)}) ({waits})"
+    return _alert(
+        s,
+        "PoolHeldIdleInTransaction",
+        f'(\n  {by_pool} (rate({ACTIVITY}{{activity="idle_in_transaction"}}[{w}]))\n'
+        f"  / {by_pool} (rate({ACTIVITY}[{w}]))\n"
+        f") > {s.held_idle_share:g}\n"
+        f"and ({waits} > 0)",
+        s.held_idle_for,
+        s.held_idle_severity,
+        "Pool {{ $labels.pool }} connections sit idle in transactions while requests wait",
+        f"Over the last {w}, connections of {where} spent {{{{ $value | humanizePercentage }}}}"
+        f" of their checked-out time idle inside a transaction (threshold"
+        f" {s.held_idle_share:.0%}) while requests queued: code holds transactions open"
+        " across other work. A bigger pool will not help; the call sites on /pools say who.",
+    )
+
+
 def alerting_rules(s: AlertSettings) -> list[dict[str, Any]]:
     w = s.window
     drop = s.drop_labels
@@ -303,6 +336,7 @@ def alerting_rules(s: AlertSettings) -> list[dict[str, Any]]:
             f"{{{{ $value }}}} checkouts of {where} have been held longer than leak_timeout;"
             " the pool log shows where each was taken.",
         ),
+        _held_idle(s),
         _alert(
             s,
             "PoolConnectionChurn",

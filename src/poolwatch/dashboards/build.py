@@ -35,6 +35,7 @@ M = {key: metric.prom for key, metric in BY_KEY.items()}
 USED_SECONDS = BY_KEY["used_seconds"].sample_name
 WAITS = BY_KEY["waits"].sample_name
 ERRORS = BY_KEY["errors"].sample_name
+ACTIVITY = BY_KEY["activity"].sample_name
 INFO = BY_KEY["pool_info"].prom + "_info"
 RATE = "$__rate_interval"
 SATURATION_MARK = 0.8
@@ -288,6 +289,20 @@ def panels() -> list[Any]:
                     f"max by (pool) ({M['oldest_checkout']}{{{SEL}}})",
                     "{{pool}} oldest checkout (s)",
                 ),
+            ],
+            "short",
+        ),
+        _series(
+            "What held connections were doing",
+            "Checked-out connections by activity, on average: a query in flight, idle inside"
+            " a transaction (held while the code does something else: an HTTP call, a"
+            " sleep), or idle outside one. Idle in transaction while requests wait is the"
+            " pool held hostage, not too small: PoolHeldIdleInTransaction.",
+            [
+                Query(
+                    f"sum by (pool, activity) (rate({ACTIVITY}{{{SEL}}}[{RATE}]))",
+                    "{{pool}} {{activity}}",
+                )
             ],
             "short",
         ),

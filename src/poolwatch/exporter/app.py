@@ -22,6 +22,7 @@ from prometheus_client import exposition as prom_exposition
 from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
+from ..insight.checkouts import current_checkouts
 from ..metrics import prometheus as prom
 from ..metrics.exposition import (
     OPENMETRICS_CONTENT_TYPE,
@@ -33,7 +34,7 @@ from ..metrics.exposition import (
 from ..metrics.multiprocess import read_directory
 from ..metrics.multiprocess import readiness as multiprocess_readiness
 from ..metrics.profiles import PROFILES, Profile
-from ..metrics.state import PoolState, Watchable
+from ..metrics.state import PoolState, Watchable, bounded
 from ..metrics.views import pool_view
 from .live import LiveHistory
 
@@ -77,6 +78,8 @@ GZIP_MIN_BYTES = 1024
 #: every instance starves at once, and failing readiness everywhere would make the load
 #: balancer drop the whole service (docs/fleet.md, "Readiness and the cascade").
 DEFAULT_READY_MAX_WAIT: float | None = None
+#: Current checkouts per pool that the status page lists, oldest first.
+STATUS_CHECKOUTS = 3
 #: Every endpoint answers HEAD like GET, without the body (probes and link checkers use it).
 READ_METHODS = ["GET", "HEAD"]
 
@@ -342,7 +345,42 @@ def create_router(
         views = [pool_view(s) for s in ex.states()]
         return JSONResponse({"pools": views}, headers={"Cache-Control": "no-store"})
 
+    _add_checkouts_route(router, ex, guarded)
     return router
+
+
+def _add_checkouts_route(router: APIRouter, ex: Exporter, guarded: list[Any]) -> None:
+    """GET /pools/{name}/checkouts: who holds the pool now (issue 16, `poolwatch.insight`)."""
+
+    @router.api_route("/pools/{name}/checkouts", methods=READ_METHODS, dependencies=guarded)
+    def pool_checkouts(name: str) -> JSONResponse:
+        if ex.multiproc_dir is not None:
+            # the connections live in the worker processes; only they can read them
+            raise HTTPException(
+                status_code=404,
+                detail="current checkouts are served by each worker's own exporter,"
+                " not from a state directory",
+            )
+        pools = [p for p in ex.collector.pools() if not p.closed and bounded(p.name) == name]
+        if not pools:
+            raise HTTPException(status_code=404, detail="no open pool of that name")
+        body = {"name": name, "checkouts": current_checkouts(pools)}  # type: ignore[arg-type]
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    @router.api_route("/api/checkouts", methods=READ_METHODS, dependencies=guarded)
+    def oldest_checkouts() -> JSONResponse:
+        # The status page's "oldest checkouts now": every pool in one answer, so that no
+        # pool name (which may be hostile) ever goes into a URL the page requests.
+        by_name: dict[str, list[Watchable]] = {}
+        if ex.multiproc_dir is None:
+            for pool in ex.collector.pools():
+                if not pool.closed:
+                    by_name.setdefault(bounded(pool.name), []).append(pool)
+        views = [
+            {"name": name, "checkouts": current_checkouts(pools)[:STATUS_CHECKOUTS]}  # type: ignore[arg-type]
+            for name, pools in sorted(by_name.items())
+        ]
+        return JSONResponse({"pools": views}, headers={"Cache-Control": "no-store"})
 
 
 def create_app(

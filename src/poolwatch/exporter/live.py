@@ -16,7 +16,7 @@ from collections.abc import Callable
 from itertools import pairwise
 from typing import Any
 
-from ..metrics.names import BY_KEY
+from ..metrics.names import BY_KEY, CHECKOUT_ACTIVITIES
 from ..metrics.state import HistogramValue, PoolState
 from ..metrics.views import acquire_total, errors_by_kind, quantile
 
@@ -131,7 +131,7 @@ class LiveHistory:
             p95 = quantile(0.95, delta_h, BY_KEY["acquire"].buckets)
         sparkline = _saturation_series(samples, name)
         recent = sparkline[-1] if sparkline and sparkline[-1] is not None else None
-        return {
+        view = {
             "name": name,
             # the instant value flickers with every checkout; the mean over the last
             # sample interval (from the used-seconds counter) is what a person can read
@@ -151,6 +151,26 @@ class LiveHistory:
             "leaked": _scalar(state, "leaked"),
             "sparkline": sparkline,
         }
+        view.update(_insight_view(state, base))
+        return view
+
+
+#: call sites shown on the status page, most hold time first
+STATUS_CALLSITES = 3
+
+
+def _insight_view(state: PoolState, base: PoolState | None) -> dict[str, Any]:
+    """What held connections did over the window (seconds each), and the top call sites.
+
+    Seconds since start when there is no earlier sample; None for a pool not watched.
+    """
+    activity: dict[str, float] | None = None
+    if ("activity", (CHECKOUT_ACTIVITIES[0],)) in state.scalars:
+        activity = {
+            a: _scalar(state, "activity", a) - (_scalar(base, "activity", a) if base else 0.0)
+            for a in CHECKOUT_ACTIVITIES
+        }
+    return {"activity": activity, "callsites": state.callsites[:STATUS_CALLSITES]}
 
 
 def _saturation_series(

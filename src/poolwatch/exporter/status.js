@@ -118,6 +118,66 @@
       .map(([k, v]) => `${k} ${v.toFixed(1)}`);
     return kinds.length ? kinds.join(", ") : "0";
   }
+  // --- insight (issue 16): what held connections did, who holds them, the oldest now ---
+  const ACTIVITY_NAMES = [["query", "query"], ["idle_in_transaction", "idle in transaction"],
+                          ["idle", "idle"]];
+  function activityText(activity) {
+    if (!activity || typeof activity !== "object" || Array.isArray(activity)) return "—";
+    const parts = ACTIVITY_NAMES.map(([key]) => num(activity[key]));
+    const total = parts.reduce((a, v) => a + (v === null ? 0 : v), 0);
+    if (!(total > 0)) return "nothing held";
+    return ACTIVITY_NAMES.map(([, label], i) =>
+      `${label} ${Math.round(100 * (parts[i] ?? 0) / total)}%`).join(", ");
+  }
+  function callsitesList(rows) {
+    const list = el("ol", { class: "sites", "data-field": "callsites" });
+    for (const r of Array.isArray(rows) ? rows : []) {
+      if (!r || typeof r !== "object") continue;
+      const hold = num(r.hold_seconds), idleTx = num(r.idle_in_transaction_seconds);
+      const share = hold && idleTx !== null ? ` (${Math.round(100 * idleTx / hold)}% idle in tx)` : "";
+      list.append(el("li", {}, text(r.site),
+                     el("small", {}, ` ${fmt(r.count, 0)}× · ${ms(r.hold_seconds)}${share}` +
+                                     ` · ${fmt(r.waits_caused, 0)} waits caused`)));
+    }
+    if (!list.childElementCount) list.append(el("li", { class: "caption" }, "not attributed"));
+    return list;
+  }
+  function insightParts(p) {
+    return [
+      el("dl", {},
+         el("dt", {}, "held connections were doing, last minute"),
+         field("activity", activityText(p.activity), "dd")),
+      el("div", { class: "caption" }, "top call sites (hold time)"), callsitesList(p.callsites),
+      el("div", { class: "caption" }, "oldest checkouts now"),
+      el("ol", { class: "sites", "data-field": "checkouts" }, el("li", { class: "caption" }, "…")),
+    ];
+  }
+  async function fillCheckouts(cards, headers) {
+    // one request for every pool: no pool name (hostile, maybe) goes into a URL
+    let byName = new Map();
+    try {
+      const r = await fetchLive("api/checkouts", { headers, cache: "no-store" });
+      const data = r.ok ? await r.json() : null;
+      const pools = data && Array.isArray(data.pools) ? data.pools : [];
+      byName = new Map(pools.filter(p => p && typeof p === "object" && Array.isArray(p.checkouts))
+                            .map(p => [text(p.name), p.checkouts]));
+    } catch (e) { byName = new Map(); }
+    for (const section of cards) {
+      const target = section.querySelector('[data-field="checkouts"]');
+      const rows = byName.get(section.dataset.pool);
+      if (!rows) {
+        target.replaceChildren(el("li", { class: "caption" }, "not available here"));
+        continue;
+      }
+      const items = rows.filter(c => c && typeof c === "object").map(c =>
+        el("li", {}, text(c.site),
+           el("small", {}, ` ${ms(c.age_seconds)} · ${text(c.transaction_status)}` +
+                           ` · pid ${fmt(c.backend_pid, 0)}${c.leaked === true ? " · LEAKED" : ""}`)));
+      target.replaceChildren(...(items.length ? items : [el("li", { class: "caption" }, "none")]));
+    }
+  }
+  // --- end of insight ---
+
   function card(p) {
     const sat = num(p.saturation) ?? 0;
     const lvl = level(sat);
@@ -143,6 +203,7 @@
          el("dt", {}, "oldest checkout"),
          field("oldest_checkout", fmt(p.oldest_checkout_seconds, 1, "s"), "dd"),
          el("dt", {}, "leaked connections"), field("leaked", fmt(p.leaked, 0), "dd")),
+      ...insightParts(p),
       el("div", { class: "spark" }, ...sparkline(p.sparkline)));
     return section;
   }
@@ -160,7 +221,9 @@
         main.replaceChildren(el("div", { class: "empty" },
                                 "No open pool is registered with this exporter yet."));
       } else {
-        main.replaceChildren(...pools.map(card));
+        const cards = pools.map(card);
+        main.replaceChildren(...cards);
+        fillCheckouts(cards, headers);
       }
       status.textContent = "updated " + new Date().toLocaleTimeString();
       status.classList.remove("stale");

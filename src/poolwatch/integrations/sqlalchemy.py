@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ..observe import PoolAggregates, PoolSnapshot
+from ..observe import Checkout, CheckoutList, PoolAggregates, PoolSnapshot
 
 
 def create_engine(pool: Any, url: str = "postgresql+psycopg://", **engine_options: Any) -> Any:
@@ -71,6 +71,7 @@ class SQLAlchemyPool:
         self._lock = threading.Lock()
         self._agg = PoolAggregates()
         self._out: dict[int, float] = {}  # id(connection record) -> checkout time
+        self._held: dict[int, Any] = {}  # id(connection record) -> its DBAPI connection
         self._born: dict[int, float] = {}  # id(dbapi connection) -> connect time
         self._waiting = 0
         self._wait_started: list[float] = []
@@ -128,6 +129,25 @@ class SQLAlchemyPool:
     def aggregates(self) -> PoolAggregates:
         with self._lock:
             return self._agg.copy()
+
+    def checkouts(self) -> CheckoutList:
+        """The checkouts held now, with their psycopg connections (`poolwatch.insight`)."""
+        with self._lock:
+            held = self._held
+            return CheckoutList(
+                at=time.monotonic(),
+                waits_total=self._agg.waits,
+                waiting=self._waiting,
+                leak_timeout=None,
+                checkouts=tuple(
+                    Checkout(held[k], t, None) for k, t in self._out.items() if k in held
+                ),
+            )
+
+    def track_call_sites(self, site_of: Any) -> None:
+        """Call sites are named on poolwatch's own checkout path: not for SQLAlchemy pools."""
+        if site_of is not None:
+            raise NotImplementedError("call sites are not attributed for SQLAlchemy pools")
 
     # --- timing what has no event ---
 
@@ -214,10 +234,12 @@ class SQLAlchemyPool:
     def _on_checkout(self, dbapi_conn: Any, record: Any, proxy: Any) -> None:
         with self._lock:
             self._out[id(record)] = time.monotonic()
+            self._held[id(record)] = dbapi_conn
 
     def _on_checkin(self, dbapi_conn: Any, record: Any) -> None:
         with self._lock:
             t = self._out.pop(id(record), None)
+            self._held.pop(id(record), None)
             if t is not None:
                 use = time.monotonic() - t
                 self._agg.use.observe(use)

@@ -38,7 +38,11 @@ OTEL_ATTRIBUTES: Final = {
     "reason": "poolwatch.close.reason",
     "kind": "poolwatch.error.kind",
     "sqlstate_class": "poolwatch.error.sqlstate_class",
+    "activity": "poolwatch.activity",
+    "site": "poolwatch.call_site",
 }
+#: What a checked-out connection can be doing (libpq's transaction status, sampled).
+CHECKOUT_ACTIVITIES: Final = ("query", "idle_in_transaction", "idle")
 #: Labels of `poolwatch_pool_info`; their values come from the server connection.
 INFO_LABELS: Final = ("host", "port", "dbname", "application_name", "version")
 
@@ -64,6 +68,8 @@ class Metric:
     buckets: tuple[float, ...] = ()
     merge: Merge = "sum"
     scope: Scope = "pool"
+    #: exported only when the user asks (call sites: their label values come from code)
+    opt_in: bool = False
 
     @property
     def sample_name(self) -> str:
@@ -236,6 +242,59 @@ METRICS: Final[tuple[Metric, ...]] = (
         otel="poolwatch.server.max_connections",
         otel_unit="{connection}",
         merge="max",
+    ),
+    Metric(
+        key="activity",
+        prom="poolwatch_checkout_activity_seconds",
+        type="counter",
+        unit="seconds",
+        help=(
+            "Checked-out time by what the connection was doing: a query in flight, idle"
+            " inside a transaction, or idle (sampled from libpq's transaction status)."
+        ),
+        otel="poolwatch.checkout.activity.time",
+        otel_unit="s",
+        labels={"activity": CHECKOUT_ACTIVITIES},
+    ),
+    Metric(
+        key="callsite_hold",
+        prom="poolwatch_callsite_hold_seconds",
+        type="counter",
+        unit="seconds",
+        help="Checked-out time by the code that took the connection (opt-in, top sites only).",
+        otel=None,
+        labels={"site": ()},
+        opt_in=True,
+    ),
+    Metric(
+        key="callsite_idle_in_transaction",
+        prom="poolwatch_callsite_idle_in_transaction_seconds",
+        type="counter",
+        unit="seconds",
+        help="Checked-out time spent idle in a transaction, by call site (opt-in, top sites).",
+        otel=None,
+        labels={"site": ()},
+        opt_in=True,
+    ),
+    Metric(
+        key="callsite_checkouts",
+        prom="poolwatch_callsite_checkouts",
+        type="counter",
+        unit="",
+        help="Checkouts by call site, those that lived at least one sample (opt-in, top sites).",
+        otel=None,
+        labels={"site": ()},
+        opt_in=True,
+    ),
+    Metric(
+        key="callsite_waits_caused",
+        prom="poolwatch_callsite_waits_caused",
+        type="counter",
+        unit="",
+        help="Requests that queued while the call site held a connection (opt-in, top sites).",
+        otel=None,
+        labels={"site": ()},
+        opt_in=True,
     ),
     Metric(
         key="pool_info",

@@ -38,6 +38,7 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from ..insight.activity import ensure_watched
 from ..observe import PoolObserver
 from .names import BY_KEY, METRICS, OTEL_ATTRIBUTES, OTEL_DERIVED, Metric
 from .state import HistogramValue, PoolSet, PoolState, Watchable
@@ -83,6 +84,7 @@ class OTelBridge(PoolSet):
         ] = {}
         for pool in pools:
             self.add(pool)
+            ensure_watched(pool)  # the checkout activity split (poolwatch.insight)
         self._create_instruments()
         self._hook_readers(provider)
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from prometheus_client.metrics_core import Metric as PromMetric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
+from ..insight.activity import ensure_watched
 from .exposition import _BOUNDS, render, render_exporter
 from .multiprocess import MultiprocessLink
 from .multiprocess_files import REJECTIONS
@@ -135,12 +136,15 @@ def register(pool: Watchable, registry: CollectorRegistry | None = None) -> Pool
 
     Idempotent. The series appear once the pool is open and vanish when it closes.
     With ``PROMETHEUS_MULTIPROC_DIR`` set, the pool's state is also written there for
-    the other worker processes' scrapes.
+    the other worker processes' scrapes. It also starts sampling what the pool's
+    checked-out connections do (`poolwatch.insight.activity.watch`), unless the pool
+    is watched already.
     """
     if not (hasattr(pool, "snapshot") and hasattr(pool, "aggregates")):
         raise TypeError(f"register() needs a poolwatch pool, got {type(pool).__name__}")
     collector = collector_for(registry)
     collector.add(pool)
+    ensure_watched(pool)
     if collector.multiprocess is not None:
         collector.multiprocess.track(pool)
         collector.multiprocess.start()

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from psycopg.conninfo import conninfo_to_dict
 
+from ..insight.activity import insight_of
 from ..observe import CONNECT_OUTCOMES, ERROR_KINDS, SQLSTATE_CLASSES, PoolAggregates, PoolSnapshot
 from ..pool._redact import redact_message
 from .names import BY_KEY, INFO_LABELS
@@ -86,6 +87,9 @@ class PoolState:
     live: bool = True
     #: The pool's `connect_failing` (SQLSTATE class) when it has no connection: readiness
     connect_failing: str | None = None
+    #: The call-site table (`poolwatch.insight.callsites.SiteRow.view()` rows), when the
+    #: pool is watched with call sites on; this process only (not in state files)
+    callsites: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The state as written to a multiprocess state file (see multiprocess_files)."""
@@ -170,6 +174,7 @@ def state_of(pool: Watchable) -> PoolState:
         s[("errors", kind_class)] = 0
     for kind_class, n in agg.errors.items():
         s[("errors", kind_class)] = n
+    _add_insight(state, pool)
 
     # `aggregates()` returned a private copy: its count lists can be taken as they are.
     h = state.histograms
@@ -185,6 +190,46 @@ def state_of(pool: Watchable) -> PoolState:
     for reason, hist in agg.lifetime.items():
         h[("lifetime", (reason,))] = HistogramValue(hist.counts, hist.sum)
     return state
+
+
+# the call-site counters exported (opt-in) and the table column each one reads
+_CALLSITE_SERIES = (
+    ("callsite_hold", "hold_seconds"),
+    ("callsite_idle_in_transaction", "idle_in_transaction_seconds"),
+    ("callsite_checkouts", "count"),
+    ("callsite_waits_caused", "waits_caused"),
+)
+
+
+def _add_insight(state: PoolState, pool: Watchable) -> None:
+    """The activity split and call sites of a watched pool (`poolwatch.insight`)."""
+    insight = insight_of(pool)
+    if insight is None:
+        return
+    for activity, seconds in insight.totals().items():
+        state.scalars[("activity", (activity,))] = seconds
+    if not insight.call_sites:
+        return
+    state.callsites = [row.view() for row in insight.table.rows()]
+    if insight.export_call_sites:
+        for row in state.callsites:
+            site = bounded(str(row["site"]))
+            for key, column in _CALLSITE_SERIES:
+                value = row[column]
+                assert isinstance(value, int | float)
+                state.scalars[(key, (site,))] = value
+
+
+def _merge_callsites(into: PoolState, rows: list[dict[str, Any]]) -> None:
+    by_site = {row["site"]: row for row in into.callsites}
+    for row in rows:
+        have = by_site.get(row["site"])
+        if have is None:
+            by_site[row["site"]] = dict(row)
+            continue
+        for _, column in _CALLSITE_SERIES:
+            have[column] += row[column]
+    into.callsites = sorted(by_site.values(), key=lambda r: (-r["hold_seconds"], r["site"]))
 
 
 def merge_states(states: Iterable[PoolState]) -> list[PoolState]:
@@ -204,6 +249,8 @@ def merge_states(states: Iterable[PoolState]) -> list[PoolState]:
         into.live = into.live or state.live
         if state.live and into.connect_failing is None:
             into.connect_failing = state.connect_failing
+        if state.callsites:
+            _merge_callsites(into, state.callsites)
         for key, value in state.scalars.items():
             metric = BY_KEY[key[0]]
             if metric.type == "gauge" and not state.live:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .names import BY_KEY
+from .names import BY_KEY, CHECKOUT_ACTIVITIES
 from .state import HistogramValue, PoolState
 
 
@@ -77,7 +77,7 @@ def pool_view(state: PoolState) -> dict[str, Any]:
         for (key, labels), h in state.histograms.items()
         if key == "lifetime"
     }
-    return {
+    view = {
         "name": state.pool,
         "live": state.live,
         "server": state.info,
@@ -102,3 +102,10 @@ def pool_view(state: PoolState) -> dict[str, Any]:
         "oldest_wait_seconds": scalar("oldest_wait"),
         "server_max_connections": scalar("server_max_connections"),
     }
+    # Present only for a watched pool (`poolwatch.insight`): absent means "not measured",
+    # which the verdict must not read as "never idle".
+    activity = {a: scalar("activity", a) for a in CHECKOUT_ACTIVITIES}
+    if all(v is not None for v in activity.values()):
+        view["activity"] = activity
+    view["callsites"] = state.callsites
+    return view

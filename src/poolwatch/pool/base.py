@@ -12,6 +12,7 @@ import traceback
 import unicodedata
 import weakref
 from collections import deque
+from collections.abc import Callable
 from difflib import get_close_matches
 from random import random
 from time import monotonic
@@ -21,7 +22,14 @@ from typing import Any, ClassVar
 from psycopg.pq import TransactionStatus
 
 from ..errors import PoolClosed, PoolConfigError, PoolTimeout, TooManyRequests
-from ..observe import MultiObserver, PoolAggregates, PoolObserver, PoolSnapshot
+from ..observe import (
+    Checkout,
+    CheckoutList,
+    MultiObserver,
+    PoolAggregates,
+    PoolObserver,
+    PoolSnapshot,
+)
 from ._redact import connect_error_class
 
 logger = logging.getLogger("poolwatch.pool")
@@ -268,6 +276,10 @@ class BasePool:
         self._drained_at = 0.0
         self._last_connect_error: BaseException | None = None
         self._leak_stacks: dict[Any, traceback.StackSummary] = {}
+        # Call-site attribution (off unless a watcher turns it on with `track_call_sites`):
+        # the function naming the borrower's frame, and each checkout's site.
+        self._site_of: Callable[[], str] | None = None
+        self._sites: dict[Any, str] = {}
         self._leak_reported: set[int] = set()
         self.server_max_connections: int | None = None
         #: host, port, dbname, application_name and server version, from the first connection
@@ -310,6 +322,7 @@ class BasePool:
             and getattr(self, "_check", None) is None
             and self.leak_timeout is None
             and self._observer is None
+            and getattr(self, "_site_of", None) is None
         )
 
     @property
@@ -348,6 +361,34 @@ class BasePool:
         return None if error is None else connect_error_class(error)
 
     # --- reading the state ---
+
+    def checkouts(self) -> CheckoutList:
+        """The checkouts held now, oldest first, with the pool's wait counters, under the lock.
+
+        What an outside watcher (`poolwatch.insight`) needs and nothing more: it reads
+        each connection's libpq state itself, outside the lock.
+        """
+        with self._lock:
+            sites = self._sites
+            return CheckoutList(
+                at=monotonic(),
+                waits_total=self._agg.waits,
+                waiting=len(self._waiting),
+                leak_timeout=self.leak_timeout,
+                checkouts=tuple(Checkout(c, t, sites.get(c)) for c, t in self._out.items()),
+            )
+
+    def track_call_sites(self, site_of: Callable[[], str] | None) -> None:
+        """Name every checkout's borrower with *site_of*, called in the borrower's context.
+
+        None turns attribution off. While it is on, checkouts take the general path
+        (as with leak tracking): *site_of* runs once per checkout.
+        """
+        with self._lock:
+            self._site_of = site_of
+            if site_of is None:
+                self._sites.clear()
+            self._closed = self._closed_flag  # recompute the fast-path switch
 
     def snapshot(self) -> PoolSnapshot:
         """The pool's state now, read under the lock so that the numbers agree."""
@@ -487,6 +528,7 @@ class BasePool:
         self._advance_used_locked(now)
         self._out.pop(conn, None)
         self._leak_stacks.pop(conn, None)
+        self._sites.pop(conn, None)
 
     def _checkin_locked(self, conn: Any, now: float, *, still_used: bool) -> float:
         """Take *conn* off the checked-out list; return how long it was held.
@@ -509,6 +551,8 @@ class BasePool:
         self._agg.use.observe(use)
         if still_used:
             self._transit_change_locked(now, +1)
+        if self._sites:
+            self._sites.pop(conn, None)
         if self._leak_stacks:
             self._leak_stacks.pop(conn, None)
             if id(conn) in self._leak_reported:
@@ -689,6 +733,7 @@ class BasePool:
         self._transit = 0
         self._nconns = 0
         self._leak_stacks.clear()
+        self._sites.clear()
 
     # --- hooks the concrete pools provide ---
 

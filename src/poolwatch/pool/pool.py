@@ -406,6 +406,8 @@ class ConnectionPool(PoolUpkeep[CT]):
                     conn._pool = self
                     if self.leak_timeout is not None:
                         self._leak_stacks[conn] = borrower_stack()
+                    if self._site_of is not None:
+                        self._sites[conn] = self._site_of()
                     if self._observer is None:
                         return cast(CT, conn)
                     self._notify_later.append(("on_acquire", (now - t0, "ok", False)))
@@ -482,9 +484,13 @@ class ConnectionPool(PoolUpkeep[CT]):
         conn._pool = self
         wait = monotonic() - t0
         stack = borrower_stack() if self.leak_timeout is not None else None
+        site_of = self._site_of
+        site = site_of() if site_of is not None else None
         with self._lock:
             if stack is not None:
                 self._leak_stacks[conn] = stack
+            if site is not None and conn in self._out:
+                self._sites[conn] = site
             self._record_acquire_locked("ok", wait, queued=queued)
         if self._observer:
             self._observer.on_acquire(wait, "ok", queued=queued)
