@@ -18,6 +18,7 @@ local infoLabels = 'host, port, dbname, application_name, version';
 local churnReasons = 'max_lifetime|max_idle|broken|check_failed|reset_failed';
 local saturation = 'poolwatch:saturation:mean_ratio';
 local fleetRatio = 'poolwatch:fleet_budget:ratio';
+local targetPools = 'poolwatch:target_pools:known';
 local where = 'pool {{ $labels.pool }} on {{ $labels.instance }}';
 
 local recording(c) =
@@ -40,6 +41,12 @@ local recording(c) =
     {
       record: 'poolwatch:connects:rate',
       expr: 'sum without (%s) (rate(%s_count[%s]))' % [lib.labels([c.drop_labels]), connect, w],
+    },
+    // Remembered while the target is discovered, so a long outage keeps its alert.
+    {
+      record: targetPools,
+      expr: 'max without (%s) (max_over_time(%s[%s]))\nor (%s and ignoring (pool) up)'
+            % [infoLabels, info, c.target_memory, targetPools],
     },
   ];
 
@@ -121,8 +128,7 @@ local alerting(c) =
     ),
     lib.alert(
       c, 'PoolwatchTargetDown',
-      'max without (%s) (max_over_time(%s[%s]))\nand ignoring (pool) (up == 0)'
-      % [infoLabels, info, c.target_memory],
+      '%s and ignoring (pool) (up == 0)' % [targetPools],
       c.target_down_for, c.target_down_severity,
       'Cannot scrape pool {{ $labels.pool }} on {{ $labels.instance }}',
       'Prometheus still discovers {{ $labels.instance }} (job {{ $labels.job }}), which'
