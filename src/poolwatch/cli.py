@@ -71,19 +71,34 @@ def _serve(args: argparse.Namespace) -> int:
     if args.ready_max_wait is not None and not args.ready_max_wait > 0:
         print("poolwatch serve: --ready-max-wait must be a number of seconds > 0", file=sys.stderr)
         return 2
+    from .demo.ports import PortInUse, listen_socket
+
+    try:
+        # Claimed before anything is announced: a taken port is one line naming the
+        # flag, not "serving ..." followed by uvicorn's bind error.
+        sock = listen_socket(args.host, args.port, "--port")
+    except (PortInUse, OSError) as ex:
+        print(f"poolwatch serve: {ex}", file=sys.stderr)
+        return 2
     app = create_app(
         multiproc_dir=directory,
         token=token,
         ready_max_wait=args.ready_max_wait,
         profile=args.profile,
     )
-    where = f"http://{args.host}:{args.port}"
+    port = sock.getsockname()[1]  # the one chosen by the system for --port 0
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    where = f"http://{host}:{port}"
     print(f"poolwatch: serving {where}/metrics and {where}/pools for the pools in {directory}")
     if token:
         print(f"poolwatch: /metrics and /pools need the bearer token from ${args.token_env}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"poolwatch: listening on {args.host}, beyond this machine", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 

@@ -44,6 +44,18 @@ def test_exporter_port_in_use_is_one_line_naming_port_and_flag(taken_port: int):
     assert "PostgreSQL is up" not in text, "it started a database it could not serve"
 
 
+def test_serve_on_a_taken_port_says_so_in_one_line_before_claiming_to_serve(
+    taken_port: int, tmp_path: Path
+):
+    out = poolwatch("serve", "--multiproc-dir", str(tmp_path), "--port", str(taken_port))
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text
+    assert "Traceback" not in text, text
+    assert "serving" not in out.stdout, "it announced a server that never listened"
+    lines = [line for line in out.stderr.splitlines() if str(taken_port) in line]
+    assert len(lines) == 1 and "--port" in lines[0] and "in use" in lines[0], text
+
+
 @pytest.mark.slow
 def test_with_prometheus_on_a_taken_port_fails_clearly_instead_of_printing_it(taken_port: int):
     require_tool("prometheus")
