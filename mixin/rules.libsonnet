@@ -24,7 +24,8 @@ local where = 'pool {{ $labels.pool }} on {{ $labels.instance }}';
 local recording(c) =
   local w = c.window;
   [
-    { record: saturation, expr: 'rate(%s[%s]) / %s' % [used, w, cmax] },
+    // an unbounded null pool (max 0) has no ratio
+    { record: saturation, expr: 'rate(%s[%s]) / (%s > 0)' % [used, w, cmax] },
     { record: 'poolwatch:waits:rate', expr: 'rate(%s[%s])' % [waits, w] },
   ] + [
     {

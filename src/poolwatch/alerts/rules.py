@@ -156,8 +156,9 @@ def recording_rules(s: AlertSettings) -> list[dict[str, Any]]:
         {
             "record": SATURATION,
             # The exact mean of used/max over the window, from the used-seconds integral:
-            # a spike between two scrapes counts in full.
-            "expr": f"rate({USED_SECONDS}[{w}]) / {CONNECTIONS_MAX}",
+            # a spike between two scrapes counts in full. An unbounded null pool
+            # (max_size=0) has no ratio: dividing by 0 would be a +Inf alert.
+            "expr": f"rate({USED_SECONDS}[{w}]) / ({CONNECTIONS_MAX} > 0)",
         },
         {"record": WAIT_RATE, "expr": f"rate({WAITS}[{w}])"},
     ]
