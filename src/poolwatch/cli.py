@@ -131,10 +131,20 @@ def _write(out: str, file: str, text: str) -> int:
     if out == "-":
         sys.stdout.write(text)
         return 0
-    os.makedirs(out, exist_ok=True)
     path = os.path.join(out, file)
-    with open(path, "w") as f:
-        f.write(text)
+    try:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise NotADirectoryError(f"{out!r} is a file")
+        os.makedirs(out, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as ex:
+        reason = ex.args[0] if isinstance(ex, NotADirectoryError) else ex
+        print(
+            f"poolwatch: cannot write {path}: {reason} (--out names a directory, or - for stdout)",
+            file=sys.stderr,
+        )
+        return 2
     print(f"poolwatch: wrote {path}")
     return 0
 
@@ -154,7 +164,8 @@ def _dashboards(args: argparse.Namespace) -> int:
         return _write("-", board, files[board])
     for file, text in files.items():
         if args.board == "all" or file == BOARD_FILES[args.board]:
-            _write(args.out, file, text)
+            if _write(args.out, file, text):
+                return 2
     return 0
 
 

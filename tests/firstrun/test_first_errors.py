@@ -99,3 +99,17 @@ def test_help_says_where_files_are_written_by_default(command: str, default_path
     out = poolwatch(command, "--help")
     assert out.returncode == 0
     assert default_path in " ".join(out.stdout.split()), out.stdout
+
+
+@pytest.mark.parametrize("command", ["alerts", "dashboards"])
+def test_out_naming_an_existing_file_is_a_clear_error(command: str, tmp_path: Path):
+    if command == "dashboards":
+        pytest.importorskip("grafana_foundation_sdk")
+    existing = tmp_path / "rules.yml"
+    existing.write_text("mine\n")
+    out = poolwatch(command, "--out", str(existing))
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text
+    assert "Traceback" not in text, text
+    assert str(existing) in out.stderr and "directory" in out.stderr, text
+    assert existing.read_text() == "mine\n"
