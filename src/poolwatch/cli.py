@@ -163,9 +163,9 @@ def _dashboards(args: argparse.Namespace) -> int:
         board = "poolwatch-fleet.json" if args.board == "fleet" else "poolwatch.json"
         return _write("-", board, files[board])
     for file, text in files.items():
-        if args.board == "all" or file == BOARD_FILES[args.board]:
-            if _write(args.out, file, text):
-                return 2
+        wanted = args.board == "all" or file == BOARD_FILES[args.board]
+        if wanted and _write(args.out, file, text):
+            return 2
     return 0
 
 
