@@ -152,6 +152,8 @@ def _write(out: str, file: str, text: str) -> int:
 def _dashboards(args: argparse.Namespace) -> int:
     if _missing_extra("dashboards", "tools", DASHBOARD_MODULES, " (Python >= 3.11)"):
         return 2
+    if args.format == "configmap" and _missing_extra("dashboards", "tools", YAML_MODULES):
+        return 2  # the JSON boards need only the SDK; the ConfigMap is written as YAML
     from .dashboards.build import dashboard_files
     from .dashboards.kube import render_configmap
 
