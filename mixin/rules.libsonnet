@@ -43,10 +43,10 @@ local recording(c) =
       record: 'poolwatch:connects:rate',
       expr: 'sum without (%s) (rate(%s_count[%s]))' % [lib.labels([c.drop_labels]), connect, w],
     },
-    // Remembered while the target is discovered, so a long outage keeps its alert.
+    // Remembered while the target is discovered and down, so a long outage keeps its alert.
     {
       record: targetPools,
-      expr: 'max without (%s) (max_over_time(%s[%s]))\nor (%s and ignoring (pool) up)'
+      expr: 'max without (%s) (max_over_time(%s[%s]))\nor (%s and ignoring (pool) (up == 0))'
             % [infoLabels, info, c.target_memory, targetPools],
     },
   ];

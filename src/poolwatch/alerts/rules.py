@@ -183,11 +183,13 @@ def recording_rules(s: AlertSettings) -> list[dict[str, Any]]:
         {
             "record": TARGET_POOLS,
             # The pools each target exported within target_memory, remembered (the rule
-            # reads its own last value) for as long as the target is still discovered:
-            # an outage longer than target_memory must not resolve PoolwatchTargetDown.
+            # reads its own last value) for as long as the target stays discovered and
+            # down: an outage longer than target_memory must not resolve
+            # PoolwatchTargetDown. While the target answers, pools it stopped exporting
+            # are forgotten after target_memory as before.
             "expr": f"max without ({_labels(INFO_LABELS)})"
             f" (max_over_time({POOL_INFO}[{s.target_memory}]))\n"
-            f"or ({TARGET_POOLS} and ignoring (pool) up)",
+            f"or ({TARGET_POOLS} and ignoring (pool) (up == 0))",
         },
     ]
     return rules
