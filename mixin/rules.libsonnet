@@ -19,12 +19,14 @@ local infoLabels = 'host, port, dbname, application_name, version';
 local churnReasons = 'max_lifetime|max_idle|broken|check_failed|reset_failed';
 local saturation = 'poolwatch:saturation:mean_ratio';
 local fleetRatio = 'poolwatch:fleet_budget:ratio';
+local targetPools = 'poolwatch:target_pools:known';
 local where = 'pool {{ $labels.pool }} on {{ $labels.instance }}';
 
 local recording(c) =
   local w = c.window;
   [
-    { record: saturation, expr: 'rate(%s[%s]) / %s' % [used, w, cmax] },
+    // an unbounded null pool (max 0) has no ratio
+    { record: saturation, expr: 'rate(%s[%s]) / (%s > 0)' % [used, w, cmax] },
     { record: 'poolwatch:waits:rate', expr: 'rate(%s[%s])' % [waits, w] },
   ] + [
     {
@@ -41,6 +43,12 @@ local recording(c) =
     {
       record: 'poolwatch:connects:rate',
       expr: 'sum without (%s) (rate(%s_count[%s]))' % [lib.labels([c.drop_labels]), connect, w],
+    },
+    // Remembered while the target is discovered and down, so a long outage keeps its alert.
+    {
+      record: targetPools,
+      expr: 'max without (%s) (max_over_time(%s[%s]))\nor (%s and ignoring (pool) (up == 0))'
+            % [infoLabels, info, c.target_memory, targetPools],
     },
   ];
 
@@ -137,8 +145,7 @@ local alerting(c) =
     ),
     lib.alert(
       c, 'PoolwatchTargetDown',
-      'max without (%s) (max_over_time(%s[%s]))\nand ignoring (pool) (up == 0)'
-      % [infoLabels, info, c.target_memory],
+      '%s and ignoring (pool) (up == 0)' % [targetPools],
       c.target_down_for, c.target_down_severity,
       'Cannot scrape pool {{ $labels.pool }} on {{ $labels.instance }}',
       'Prometheus still discovers {{ $labels.instance }} (job {{ $labels.job }}), which'

@@ -71,19 +71,34 @@ def _serve(args: argparse.Namespace) -> int:
     if args.ready_max_wait is not None and not args.ready_max_wait > 0:
         print("poolwatch serve: --ready-max-wait must be a number of seconds > 0", file=sys.stderr)
         return 2
+    from .demo.ports import PortInUse, listen_socket
+
+    try:
+        # Claimed before anything is announced: a taken port is one line naming the
+        # flag, not "serving ..." followed by uvicorn's bind error.
+        sock = listen_socket(args.host, args.port, "--port")
+    except (PortInUse, OSError) as ex:
+        print(f"poolwatch serve: {ex}", file=sys.stderr)
+        return 2
     app = create_app(
         multiproc_dir=directory,
         token=token,
         ready_max_wait=args.ready_max_wait,
         profile=args.profile,
     )
-    where = f"http://{args.host}:{args.port}"
+    port = sock.getsockname()[1]  # the one chosen by the system for --port 0
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    where = f"http://{host}:{port}"
     print(f"poolwatch: serving {where}/metrics and {where}/pools for the pools in {directory}")
     if token:
         print(f"poolwatch: /metrics and /pools need the bearer token from ${args.token_env}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"poolwatch: listening on {args.host}, beyond this machine", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 
@@ -116,10 +131,20 @@ def _write(out: str, file: str, text: str) -> int:
     if out == "-":
         sys.stdout.write(text)
         return 0
-    os.makedirs(out, exist_ok=True)
     path = os.path.join(out, file)
-    with open(path, "w") as f:
-        f.write(text)
+    try:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise NotADirectoryError(f"{out!r} is a file")
+        os.makedirs(out, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as ex:
+        reason = ex.args[0] if isinstance(ex, NotADirectoryError) else ex
+        print(
+            f"poolwatch: cannot write {path}: {reason} (--out names a directory, or - for stdout)",
+            file=sys.stderr,
+        )
+        return 2
     print(f"poolwatch: wrote {path}")
     return 0
 
@@ -127,6 +152,8 @@ def _write(out: str, file: str, text: str) -> int:
 def _dashboards(args: argparse.Namespace) -> int:
     if _missing_extra("dashboards", "tools", DASHBOARD_MODULES, " (Python >= 3.11)"):
         return 2
+    if args.format == "configmap" and _missing_extra("dashboards", "tools", YAML_MODULES):
+        return 2  # the JSON boards need only the SDK; the ConfigMap is written as YAML
     from .dashboards.build import dashboard_files
     from .dashboards.kube import render_configmap
 
@@ -138,8 +165,9 @@ def _dashboards(args: argparse.Namespace) -> int:
         board = "poolwatch-fleet.json" if args.board == "fleet" else "poolwatch.json"
         return _write("-", board, files[board])
     for file, text in files.items():
-        if args.board == "all" or file == BOARD_FILES[args.board]:
-            _write(args.out, file, text)
+        wanted = args.board == "all" or file == BOARD_FILES[args.board]
+        if wanted and _write(args.out, file, text):
+            return 2
     return 0
 
 

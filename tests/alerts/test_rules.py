@@ -98,6 +98,13 @@ def test_settings_change_the_output_and_survive_promtool(tmp_path):
         ("saturation_threshold=high", "is not a number"),
         ("window=5 minutes", "is not a PromQL duration"),
         ("window", "expected name=value"),
+        # values that would write rules Prometheus refuses to load, or that never fire
+        ("drop_labels=pod-name", "'pod-name' is not a Prometheus label name"),
+        ("server_labels=host port", "'host port' is not a Prometheus label name"),
+        ("job_labels=", "needs at least one label"),
+        ("server_labels= ", "needs at least one label"),
+        ("saturation_threshold=nan", "is not a finite number"),
+        ("fleet_threshold=inf", "is not a finite number"),
     ],
 )
 def test_bad_settings_get_a_clear_error(setting, message):
@@ -105,6 +112,19 @@ def test_bad_settings_get_a_clear_error(setting, message):
     assert out.returncode == 2
     assert message in out.stderr
     assert out.stdout == ""
+
+
+def test_label_settings_that_are_valid_load_in_promtool(tmp_path):
+    """The label-list settings accept what Prometheus accepts, spaces or not."""
+    promtool = require_tool("promtool")
+    out = run(sys.executable, "-m", "poolwatch.cli", "alerts", "--out", str(tmp_path),
+              "--set", "server_labels=cluster,host, port", "--set", "drop_labels=pod",
+              "--set", "replica_labels=", "--set", "job_labels=cluster, job")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "poolwatch.rules.yml").read_text()
+    assert "sum by (cluster, host, port)" in text
+    check = run(promtool, "check", "rules", str(tmp_path / "poolwatch.rules.yml"))
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_list_shows_every_setting():

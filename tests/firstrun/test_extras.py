@@ -66,3 +66,10 @@ def test_serve_without_fastapi_names_the_exporter_extra(tmp_path: Path):
     # the check comes first: even a missing directory is reported after it
     out = run_core_only("serve", "--multiproc-dir", str(tmp_path / "nowhere"))
     assert_names_extra(out, "exporter")
+
+
+def test_dashboards_configmap_without_pyyaml_names_the_tools_extra(tmp_path: Path):
+    # the SDK alone renders the JSON boards; the ConfigMap is YAML
+    out = run_without(("yaml",), "dashboards", "--format", "configmap", "--out", str(tmp_path))
+    assert_names_extra(out, "tools")
+    assert list(tmp_path.iterdir()) == [], "it did work before saying what is missing"

@@ -44,6 +44,18 @@ def test_exporter_port_in_use_is_one_line_naming_port_and_flag(taken_port: int):
     assert "PostgreSQL is up" not in text, "it started a database it could not serve"
 
 
+def test_serve_on_a_taken_port_says_so_in_one_line_before_claiming_to_serve(
+    taken_port: int, tmp_path: Path
+):
+    out = poolwatch("serve", "--multiproc-dir", str(tmp_path), "--port", str(taken_port))
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text
+    assert "Traceback" not in text, text
+    assert "serving" not in out.stdout, "it announced a server that never listened"
+    lines = [line for line in out.stderr.splitlines() if str(taken_port) in line]
+    assert len(lines) == 1 and "--port" in lines[0] and "in use" in lines[0], text
+
+
 @pytest.mark.slow
 def test_with_prometheus_on_a_taken_port_fails_clearly_instead_of_printing_it(taken_port: int):
     require_tool("prometheus")
@@ -87,3 +99,17 @@ def test_help_says_where_files_are_written_by_default(command: str, default_path
     out = poolwatch(command, "--help")
     assert out.returncode == 0
     assert default_path in " ".join(out.stdout.split()), out.stdout
+
+
+@pytest.mark.parametrize("command", ["alerts", "dashboards"])
+def test_out_naming_an_existing_file_is_a_clear_error(command: str, tmp_path: Path):
+    if command == "dashboards":
+        pytest.importorskip("grafana_foundation_sdk")
+    existing = tmp_path / "rules.yml"
+    existing.write_text("mine\n")
+    out = poolwatch(command, "--out", str(existing))
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text
+    assert "Traceback" not in text, text
+    assert str(existing) in out.stderr and "directory" in out.stderr, text
+    assert existing.read_text() == "mine\n"

@@ -111,3 +111,41 @@ with ConnectionPool({dsn!r}, min_size=3, max_size=3) as pool:
     lines = [line for line in out.stderr.splitlines() if line.startswith(DISCARD)]
     assert out.returncode == 0, out.stderr
     assert len(lines) == 2 and "2 more" in lines[1], out.stderr
+
+
+def test_a_forked_child_does_not_log_its_parents_pending_count(tmp_path, dsn):
+    # A pre-fork server forks workers after the parent's pool held some warnings back:
+    # that count is the parent's to report, once, not once more per worker at its exit.
+    import subprocess
+    import sys
+
+    script = f"""
+import logging, os, sys
+from poolwatch import ConnectionPool
+logging.basicConfig(level=logging.WARNING, format="%(process)d %(message)s")
+pool = ConnectionPool({dsn!r}, min_size=3, max_size=3, open=True)
+pool.wait()
+conns = [pool.getconn() for _ in range(3)]
+for conn in conns:
+    conn.close()
+    pool.putconn(conn)
+children = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # a worker ending normally: its atexit handlers run
+    children.append(pid)
+for pid in children:
+    assert os.waitpid(pid, 0)[1] == 0
+print(os.getpid())
+pool.close()
+"""
+    env = {"POOLWATCH_WARNING_INTERVAL": "600", "PATH": "/usr/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    parent = out.stdout.strip()
+    summaries = [line for line in out.stderr.splitlines() if "more like it" in line]
+    assert len(summaries) == 1, out.stderr
+    assert summaries[0].startswith(f"{parent} {DISCARD}") and "2 more" in summaries[0]

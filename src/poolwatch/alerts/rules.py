@@ -38,6 +38,7 @@ ERROR_RATE = "poolwatch:errors:rate"
 CONNECT_RATE = "poolwatch:connects:rate"
 WAIT_RATE = "poolwatch:waits:rate"
 FLEET_RATIO = "poolwatch:fleet_budget:ratio"
+TARGET_POOLS = "poolwatch:target_pools:known"
 
 #: Closes that end a connection before its time (close, drain and shrink are deliberate).
 CHURN_REASONS = "max_lifetime|max_idle|broken|check_failed|reset_failed"
@@ -104,7 +105,8 @@ class AlertSettings:
     fleet_severity: str = "warning"
     target_down_for: str = "1m"
     target_down_severity: str = "critical"
-    #: how long a target that once exported pools counts as a poolwatch target
+    #: how long a target that once exported pools counts as a poolwatch target after it
+    #: leaves service discovery (while discovered, it counts for as long as it stays)
     target_memory: str = "1h"
     job_absent_for: str = "5m"
     job_absent_severity: str = "critical"
@@ -162,8 +164,9 @@ def recording_rules(s: AlertSettings) -> list[dict[str, Any]]:
         {
             "record": SATURATION,
             # The exact mean of used/max over the window, from the used-seconds integral:
-            # a spike between two scrapes counts in full.
-            "expr": f"rate({USED_SECONDS}[{w}]) / {CONNECTIONS_MAX}",
+            # a spike between two scrapes counts in full. An unbounded null pool
+            # (max_size=0) has no ratio: dividing by 0 would be a +Inf alert.
+            "expr": f"rate({USED_SECONDS}[{w}]) / ({CONNECTIONS_MAX} > 0)",
         },
         {"record": WAIT_RATE, "expr": f"rate({WAITS}[{w}])"},
     ]
@@ -184,6 +187,17 @@ def recording_rules(s: AlertSettings) -> list[dict[str, Any]]:
         {
             "record": CONNECT_RATE,
             "expr": f"sum without ({_labels(drop)}) (rate({CONNECT}_count[{w}]))",
+        },
+        {
+            "record": TARGET_POOLS,
+            # The pools each target exported within target_memory, remembered (the rule
+            # reads its own last value) for as long as the target stays discovered and
+            # down: an outage longer than target_memory must not resolve
+            # PoolwatchTargetDown. While the target answers, pools it stopped exporting
+            # are forgotten after target_memory as before.
+            "expr": f"max without ({_labels(INFO_LABELS)})"
+            f" (max_over_time({POOL_INFO}[{s.target_memory}]))\n"
+            f"or ({TARGET_POOLS} and ignoring (pool) (up == 0))",
         },
     ]
     return rules
@@ -261,7 +275,6 @@ def alerting_rules(s: AlertSettings) -> list[dict[str, Any]]:
     churn_w = s.churn_window
     churn_sel = f'{{reason=~"{CHURN_REASONS}"}}'
     churn_sum = f"sum without ({_labels('reason', drop)})"
-    target = _labels(INFO_LABELS)
     return [
         _saturation(s, s.saturation_threshold, s.saturation_for, s.saturation_severity),
         _saturation(
@@ -357,8 +370,7 @@ def alerting_rules(s: AlertSettings) -> list[dict[str, Any]]:
             "PoolwatchTargetDown",
             # Pools of targets that are still discovered (their `up` exists) and fail to
             # answer. A target removed by a deploy or a scale-down has no `up` any more.
-            f"max without ({target}) (max_over_time({POOL_INFO}[{s.target_memory}]))\n"
-            f"and ignoring (pool) (up == 0)",
+            f"{TARGET_POOLS} and ignoring (pool) (up == 0)",
             s.target_down_for,
             s.target_down_severity,
             "Cannot scrape pool {{ $labels.pool }} on {{ $labels.instance }}",

@@ -119,7 +119,8 @@ def quantile(q: str, metric: str, extra: str = "") -> str:
 
 def panels() -> list[Any]:
     used = f"rate({USED_SECONDS}{{{SEL}}}[{RATE}])"
-    saturation = f"sum by (pool) ({used}) / sum by (pool) ({M['connections_max']}{{{SEL}}})"
+    # "> 0": an unbounded null pool (max_size=0) has no saturation, not +Inf
+    saturation = f"sum by (pool) ({used}) / (sum by (pool) ({M['connections_max']}{{{SEL}}}) > 0)"
     acquire, use, connect = M["acquire"], M["use"], M["connect"]
     lifetime = M["lifetime"]
     # The fleet rule's join: every target label kept, HA replicas counted once.
@@ -128,7 +129,7 @@ def panels() -> list[Any]:
     fleet_max = f"max by (host, port) ({pool_server(settings, M['server_max_connections'])})"
     by_instance = (
         f"sum by (instance, pool) ({used})"
-        f" / sum by (instance, pool) ({M['connections_max']}{{{SEL}}})"
+        f" / (sum by (instance, pool) ({M['connections_max']}{{{SEL}}}) > 0)"
     )
     satur_gauge = (
         gauge.Panel()

@@ -30,7 +30,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     (
         "Saturation",
         f"sum by ({ROW}) (max without ({REPLICAS}) (rate({USED_SECONDS}{{{FSEL}}}[{RATE}])))"
-        f" / sum by ({ROW}) (max without ({REPLICAS}) ({M['connections_max']}{{{FSEL}}}))",
+        f" / (sum by ({ROW}) (max without ({REPLICAS}) ({M['connections_max']}{{{FSEL}}})) > 0)",
         "percentunit",
     ),
     (
@@ -129,7 +129,7 @@ def fleet_panels() -> list[Any]:
     budget = f"max by (host, port) ({pool_server(settings, M['server_max_connections'])})"
     worst = (
         f"topk(10, max without ({REPLICAS}) (rate({USED_SECONDS}{{{FSEL}}}[{RATE}])"
-        f" / {M['connections_max']}{{{FSEL}}}))"
+        f" / ({M['connections_max']}{{{FSEL}}} > 0)))"
     )
     return [
         _pools_table(),

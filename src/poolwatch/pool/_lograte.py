@@ -131,6 +131,21 @@ def flush_pool_warnings(pool: Any) -> None:
         limiter.flush()
 
 
+def _forget_inherited_limiters() -> None:
+    """In a forked child: the pending counts are the parent's, which reports them.
+
+    Without this, every worker of a pre-fork server logged its parent's held-back
+    count again at exit. New locks too: another thread may have held one at the fork.
+    """
+    global _limiters, _limiters_lock
+    _limiters = weakref.WeakKeyDictionary()
+    _limiters_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_limiters)
+
+
 @atexit.register
 def _flush_all() -> None:
     with _limiters_lock:
