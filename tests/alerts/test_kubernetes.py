@@ -128,7 +128,7 @@ def test_promtool_accepts_the_rules_inside_the_prometheusrule(tmp_path):
         timeout=60,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 21 rules found" in out.stdout
+    assert "SUCCESS: 22 rules found" in out.stdout
 
 
 def test_the_cli_writes_both_formats_with_settings():

@@ -57,7 +57,7 @@ def test_promtool_check_rules():
     promtool = require_tool("promtool")
     out = run(promtool, "check", "rules", str(RULES))
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 21 rules found" in out.stdout
+    assert "SUCCESS: 22 rules found" in out.stdout
 
 
 def test_promtool_unit_tests_pass_and_cover_every_alert():
