@@ -121,6 +121,18 @@ def test_a_pool_made_before_fork_and_opened_in_the_child_counts_there(dsn, tmp_p
     assert acquired(read_directory(tmp_path)) == 7
 
 
+@pytest.mark.parametrize("linked_in", ["child", "parent"])
+def test_a_multiprocessing_child_keeps_the_counts_of_its_last_second(dsn, tmp_path, linked_in):
+    """A multiprocessing child (fork) ends with os._exit: atexit never runs there.
+
+    Its counts must still be written when it ends, not only by the writer's next
+    periodic write, which a short-lived child (a Celery prefork task, a Pool worker)
+    never lives to see.
+    """
+    run_worker(tmp_path, dsn, "mpchild", "25", linked_in)
+    assert acquired(read_directory(tmp_path)) == 25
+
+
 def test_a_dead_workers_gauges_go_and_its_counters_stay(dsn, tmp_path):
     """A worker that exits takes its gauges along at once; its counts stay."""
     collector, link = linked(tmp_path)

@@ -36,6 +36,7 @@ import atexit
 import copy
 import fcntl
 import logging
+import multiprocessing.util
 import os
 import secrets
 import threading
@@ -147,6 +148,17 @@ class MultiprocessLink:
                     link.start()
 
         os.register_at_fork(before=before, after_in_parent=in_parent, after_in_child=in_child)
+        # A multiprocessing child (fork or forkserver start method; Celery's prefork
+        # pool is the same) ends with os._exit: atexit never runs there, and whatever
+        # it counted since the writer's last tick would be lost. Its own exit path runs
+        # multiprocessing's finalizers: registered now if this link was made in such a
+        # child, else in each child once it has cleared those inherited from the parent.
+        if multiprocessing.parent_process() is not None:
+            self._final_write_in_child()
+        multiprocessing.util.register_after_fork(self, MultiprocessLink._final_write_in_child)
+
+    def _final_write_in_child(self) -> None:
+        multiprocessing.util.Finalize(None, self._write_at_exit, exitpriority=10)
 
     def _before_fork(self) -> None:
         """Note which pools are this process's before fork(): a child must not write them.
