@@ -314,3 +314,32 @@ def test_a_process_compacted_while_alive_does_not_count_twice(dsn, tmp_path, cap
     assert any(
         "compacted while this process was alive" in r.getMessage() for r in caplog_all.records
     )
+
+
+def test_a_process_that_writes_while_being_compacted_loses_no_count(dsn, tmp_path):
+    """A reader decides from the file it read that a process is dead (silent for
+    COMPACT_AFTER); the process resumes and writes again before the reader compacts.
+
+    The compaction must not fold in the stale copy and delete the newer file: the
+    counts between the two would be gone, and the exported counter would go back.
+    """
+    pool, link = write_good_state(dsn, tmp_path)
+    try:
+        path = link.path
+        stale = decode(read_bounded(path))  # what the reader read: 3 checkouts
+        for _ in range(2):
+            with pool.connection():
+                pass
+        link.write()  # the process resumes meanwhile: 5 checkouts in its file
+        before = acquired(read_directory(tmp_path, compact=False), "good")
+        assert before == 5
+        compact_directory(tmp_path, [(path, stale)])  # the reader goes on with its decision
+        seen = [acquired(read_directory(tmp_path), "good")]
+        link.write()
+        seen.append(acquired(read_directory(tmp_path), "good"))
+        with pool.connection():
+            pass
+        seen.append(acquired(link.read_all(), "good"))
+    finally:
+        pool.close()
+    assert seen == [5, 5, 6], f"exported after compaction: {seen} (5 before)"

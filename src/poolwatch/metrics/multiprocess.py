@@ -443,10 +443,13 @@ def compact_directory(root: Path, dead: list[tuple[Path, StateFile]]) -> None:
                 (root / file_name(incarnation)).unlink()
             if now - when > ABSORBED_KEEP:
                 del absorbed[incarnation]
+        # Read each file again under the lock: a process taken for dead from an older
+        # copy (paused past COMPACT_AFTER) may have written since. Folding in the old
+        # copy and removing the newer file would lose what came in between.
         fresh = [
             (path, content)
             for path, content in dead
-            if content.incarnation not in absorbed and path.exists()
+            if content.incarnation not in absorbed and _unchanged(path, content)
         ]
         if not fresh and absorbed == current.absorbed:
             return
@@ -470,6 +473,17 @@ def compact_directory(root: Path, dead: list[tuple[Path, StateFile]]) -> None:
                 path.unlink()
     finally:
         os.close(fd)
+
+
+def _unchanged(path: Path, content: StateFile) -> bool:
+    """Whether *path* still holds the write that *content* was read from."""
+    now = _read(path)
+    return (
+        now is not None
+        and now.incarnation == content.incarnation
+        and now.heartbeat == content.heartbeat
+        and now.exited == content.exited
+    )
 
 
 def readiness(states: list[PoolState], ready_max_wait: float | None) -> tuple[bool, dict[str, Any]]:
