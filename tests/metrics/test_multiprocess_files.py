@@ -6,10 +6,12 @@ the suite's PostgreSQL, and reads the directory back the way a scrape does.
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -21,7 +23,14 @@ from prometheus_client import CollectorRegistry
 
 from poolwatch import ConnectionPool
 from poolwatch.metrics.multiprocess import MultiprocessLink, compact_directory, read_directory
-from poolwatch.metrics.multiprocess_files import decode, read_bounded
+from poolwatch.metrics.multiprocess_files import (
+    MAX_POOLS_PER_FILE,
+    StateFile,
+    decode,
+    file_name,
+    read_bounded,
+    write_atomically,
+)
 from poolwatch.metrics.prometheus import PoolCollector
 from poolwatch.metrics.state import PoolState
 
@@ -343,3 +352,29 @@ def test_a_process_that_writes_while_being_compacted_loses_no_count(dsn, tmp_pat
     finally:
         pool.close()
     assert seen == [5, 5, 6], f"exported after compaction: {seen} (5 before)"
+
+
+def test_compaction_never_writes_a_retired_file_that_readers_reject(dsn, tmp_path, caplog_all):
+    """Many pool names over a fleet's life (a pool per tenant, say) all end up retired.
+
+    The compacted file must stay within the bounds every reader checks (at most
+    MAX_POOLS_PER_FILE pools): a retired file that fails them would be skipped, and
+    every count of every dead worker would vanish from /metrics at once.
+    """
+    pool, link = write_good_state(dsn, tmp_path)
+    pool.close()
+    link.write()
+    (template,) = decode(read_bounded(link.path)).pools
+    link.path.unlink()
+    names = MAX_POOLS_PER_FILE + 20
+    for i in range(names):
+        state = copy.deepcopy(template)
+        state.pool = f"tenant-{i}"
+        dead = StateFile(secrets.token_hex(16), 0, "", time.time(), exited=True, pools=[state])
+        write_atomically(tmp_path, file_name(dead.incarnation), dead.encode())
+    want = 3 * names
+    seen = []
+    for _ in range(3):
+        seen.append(sum(acquired([s], s.pool) for s in read_directory(tmp_path)))
+    assert seen == [want] * 3, f"exported {seen}, counted {want}"
+    assert not [r for r in caplog_all.records if "skipping state file" in r.getMessage()]

@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 from .multiprocess_files import (
     FILE_GLOB,
+    MAX_FILE_BYTES,
+    MAX_POOLS_PER_FILE,
     REJECTIONS,
     RETIRED_ID,
     RETIRED_NAME,
@@ -453,26 +455,51 @@ def compact_directory(root: Path, dead: list[tuple[Path, StateFile]]) -> None:
         ]
         if not fresh and absorbed == current.absorbed:
             return
+        pruned = dict(absorbed)
         states = list(current.retired)
         for _, content in fresh:
             states.extend(content.pools)
             states.extend(content.retired)
             absorbed[content.incarnation] = now
         update = StateFile(
-            RETIRED_ID,
-            0,
-            "",
-            now,
-            exited=True,
-            retired=retired_merge(states),
-            absorbed=absorbed,
+            RETIRED_ID, 0, "", now, exited=True, retired=retired_merge(states), absorbed=absorbed
         )
+        if not _within_bounds(update):
+            # Every reader would reject the file, and with it every count of every dead
+            # process. Leave the dead files as they are: scrapes read more, counts stay.
+            _warn_once(
+                root,
+                f"not compacting the state files in {root}: the retired file would exceed"
+                f" {MAX_POOLS_PER_FILE} pool names or {MAX_FILE_BYTES} bytes",
+            )
+            if pruned == current.absorbed:
+                return
+            fresh = []
+            update = StateFile(
+                RETIRED_ID, 0, "", now, exited=True, retired=current.retired, absorbed=pruned
+            )
         write_atomically(root, RETIRED_NAME, update.encode())
         for path, _ in fresh:
             with suppress(FileNotFoundError):
                 path.unlink()
     finally:
         os.close(fd)
+
+
+def _within_bounds(content: StateFile) -> bool:
+    """Whether readers will accept *content* (what `multiprocess_files.decode` checks)."""
+    if max(len(content.pools), len(content.retired)) > MAX_POOLS_PER_FILE:
+        return False
+    return len(content.encode()) <= MAX_FILE_BYTES
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(root: Path, message: str) -> None:
+    if str(root) not in _warned:
+        _warned.add(str(root))
+        logger.warning("%s", message)
 
 
 def _unchanged(path: Path, content: StateFile) -> bool:
