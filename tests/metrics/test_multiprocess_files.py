@@ -378,3 +378,57 @@ def test_compaction_never_writes_a_retired_file_that_readers_reject(dsn, tmp_pat
         seen.append(sum(acquired([s], s.pool) for s in read_directory(tmp_path)))
     assert seen == [want] * 3, f"exported {seen}, counted {want}"
     assert not [r for r in caplog_all.records if "skipping state file" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "orders\u00a0db",  # a no-break space, pasted from a document
+        "team \U0001f468\u200d\U0001f469\u200d\U0001f467",  # an emoji joined by ZWJ
+        "\u05d4\u05d6\u05de\u05e0\u05d5\u05ea\u200f",  # Hebrew text and its direction mark
+    ],
+)
+def test_every_name_a_pool_accepts_is_read_back(dsn, tmp_path, name, caplog_all):
+    """What a worker writes, readers accept: a pool name the pool takes must not get
+    its process's whole state file rejected (all of its pools' counts would vanish)."""
+    collector, link = linked(tmp_path)
+    pools = [
+        ConnectionPool(dsn, min_size=1, max_size=1, name=n, open=True) for n in (name, "plain")
+    ]
+    try:
+        for pool in pools:
+            collector.add(pool)
+            for _ in range(4):
+                with pool.connection():
+                    pass
+        states = link.read_all()
+    finally:
+        for pool in pools:
+            pool.close()
+    assert acquired(states, "plain") == 4
+    assert acquired(states, name) == 4
+    assert not [r for r in caplog_all.records if "skipping state file" in r.getMessage()]
+
+
+def test_a_database_name_with_a_control_character_keeps_the_file_readable(pg, tmp_path):
+    """The pool_info labels come from the server: a database named with a tab in it
+    must not make readers refuse the state file of every pool of the process."""
+    pg.execute('CREATE DATABASE "sales\tq1"')
+    try:
+        collector, link = linked(tmp_path)
+        pool = ConnectionPool(
+            pg.dsn(), kwargs={"dbname": "sales\tq1"}, min_size=1, name="tabbed", open=True
+        )
+        try:
+            collector.add(pool)
+            for _ in range(3):
+                with pool.connection():
+                    pass
+            states = link.read_all()
+        finally:
+            pool.close()
+    finally:
+        pg.execute('DROP DATABASE "sales\tq1"')
+    assert acquired(states, "tabbed") == 3
+    (state,) = [s for s in states if s.pool == "tabbed"]
+    assert state.info["dbname"] == "sales?q1"
