@@ -432,3 +432,23 @@ def test_a_database_name_with_a_control_character_keeps_the_file_readable(pg, tm
     assert acquired(states, "tabbed") == 3
     (state,) = [s for s in states if s.pool == "tabbed"]
     assert state.info["dbname"] == "sales?q1"
+
+
+def test_a_copy_of_a_state_file_is_not_counted_twice(dsn, tmp_path, caplog_all):
+    """A file is one incarnation's, under that incarnation's name: a copy under another
+    name (a backup, an operator's cp) is refused, not added a second time; and a file
+    claiming another process's incarnation cannot get that process's file compacted."""
+    pool, link = write_good_state(dsn, tmp_path)
+    try:
+        original = link.path.read_bytes()
+        (tmp_path / "poolwatch-copy.json").write_bytes(original)
+        exited = json.loads(original)
+        exited["exited"] = True
+        (tmp_path / "poolwatch-claim.json").write_text(json.dumps(exited))
+        assert acquired(read_directory(tmp_path), "good") == 3
+        assert link.path.exists()  # not compacted on the word of the planted "exited" copy
+        link.write()
+        assert acquired(read_directory(tmp_path), "good") == 3
+    finally:
+        pool.close()
+    assert any("skipping state file" in r.getMessage() for r in caplog_all.records)

@@ -57,7 +57,8 @@ handler: their final write is registered as a multiprocessing finalizer.
 - **Validated files**: a file that is not a regular file, is larger than
   {MAX_FILE_BYTES // 2**20} MiB, is not JSON, holds `NaN`/`Infinity`, negative or huge numbers,
   unknown families, label values outside this table, duplicate series or names longer
-  than {MAX_LABEL_LENGTH} characters is skipped whole, logged once and counted in
+  than {MAX_LABEL_LENGTH} characters, or is not named after the incarnation it holds (a
+  copy, which would count twice) is skipped whole, logged once and counted in
   `poolwatch_exporter_state_files_rejected_total`; /metrics, /pools and /api/live keep
   answering. Writes go through a temporary file made by `mkstemp` and a rename, so a
   planted symlink is never written through; a world-writable directory is warned about.

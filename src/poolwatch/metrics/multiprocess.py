@@ -388,8 +388,14 @@ def read_directory(directory: str | os.PathLike[str], *, compact: bool = True) -
         if path.name == RETIRED_NAME:
             continue
         content = _read(path)
-        if content is not None and content.incarnation != RETIRED_ID:
-            workers.append((path, content))
+        if content is None:
+            continue
+        if path.name != file_name(content.incarnation):
+            # A copy (a backup, a cp) would be counted twice, and a planted one that
+            # claims another incarnation exited would get that live file compacted.
+            REJECTIONS.record(path, f"not named after its incarnation {content.incarnation}")
+            continue
+        workers.append((path, content))
     retired = _read(root / RETIRED_NAME)
     absorbed = retired.absorbed if retired else {}
     states: list[PoolState] = list(retired.retired) if retired else []
