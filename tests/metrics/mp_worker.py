@@ -7,6 +7,10 @@
     python -m tests.metrics.mp_worker preload N      a pool made and registered but not
                                                      opened, then fork; the child opens
                                                      it and makes N checkouts (--preload)
+    python -m tests.metrics.mp_worker mpchild N W    a multiprocessing child (fork start
+                                                     method, which ends with os._exit and
+                                                     runs no atexit) makes N checkouts; with
+                                                     W=parent the parent is linked first
 
 PROMETHEUS_MULTIPROC_DIR names the directory and POOLWATCH_TEST_DSN the database;
 POOLWATCH_TEST_LINGER the seconds a pool lives after its work (default 1.5).
@@ -15,12 +19,14 @@ Every pool is registered with prometheus_client's default registry, as an app do
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import time
 
 from poolwatch import ConnectionPool
 from poolwatch.metrics import register
+from poolwatch.metrics.prometheus import collector_for
 
 
 def checkouts(name: str, n: int) -> ConnectionPool:
@@ -69,7 +75,24 @@ def main(argv: list[str]) -> int:
             sys.exit(0)
         _, status = os.waitpid(child, 0)
         return os.waitstatus_to_exitcode(status)
+    if mode == "mpchild":
+        # Celery's prefork pool and multiprocessing.Pool workers end the same way.
+        if argv[2] == "parent":  # the link exists before the fork, as in an app's master
+            collector_for()
+        child = multiprocessing.get_context("fork").Process(target=mp_child, args=(int(argv[1]),))
+        child.start()
+        child.join(timeout=120)
+        return 0 if child.exitcode == 0 else 1
     raise SystemExit(f"unknown mode {mode!r}")
+
+
+def mp_child(n: int) -> None:
+    pool = ConnectionPool(os.environ["POOLWATCH_TEST_DSN"], min_size=1, name="mp", open=True)
+    register(pool)
+    for _ in range(n):
+        with pool.connection() as conn:
+            conn.execute("SELECT 1")
+    # returns at once: the periodic writer has not run since the last checkout
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ the suite's PostgreSQL, and reads the directory back the way a scrape does.
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -21,7 +23,14 @@ from prometheus_client import CollectorRegistry
 
 from poolwatch import ConnectionPool
 from poolwatch.metrics.multiprocess import MultiprocessLink, compact_directory, read_directory
-from poolwatch.metrics.multiprocess_files import decode, read_bounded
+from poolwatch.metrics.multiprocess_files import (
+    MAX_POOLS_PER_FILE,
+    StateFile,
+    decode,
+    file_name,
+    read_bounded,
+    write_atomically,
+)
 from poolwatch.metrics.prometheus import PoolCollector
 from poolwatch.metrics.state import PoolState
 
@@ -119,6 +128,18 @@ def test_a_pool_made_before_fork_and_opened_in_the_child_counts_there(dsn, tmp_p
     """gunicorn --preload: the pool object is made (not opened) in the master."""
     run_worker(tmp_path, dsn, "preload", "7")
     assert acquired(read_directory(tmp_path)) == 7
+
+
+@pytest.mark.parametrize("linked_in", ["child", "parent"])
+def test_a_multiprocessing_child_keeps_the_counts_of_its_last_second(dsn, tmp_path, linked_in):
+    """A multiprocessing child (fork) ends with os._exit: atexit never runs there.
+
+    Its counts must still be written when it ends, not only by the writer's next
+    periodic write, which a short-lived child (a Celery prefork task, a Pool worker)
+    never lives to see.
+    """
+    run_worker(tmp_path, dsn, "mpchild", "25", linked_in)
+    assert acquired(read_directory(tmp_path)) == 25
 
 
 def test_a_dead_workers_gauges_go_and_its_counters_stay(dsn, tmp_path):
@@ -302,3 +323,132 @@ def test_a_process_compacted_while_alive_does_not_count_twice(dsn, tmp_path, cap
     assert any(
         "compacted while this process was alive" in r.getMessage() for r in caplog_all.records
     )
+
+
+def test_a_process_that_writes_while_being_compacted_loses_no_count(dsn, tmp_path):
+    """A reader decides from the file it read that a process is dead (silent for
+    COMPACT_AFTER); the process resumes and writes again before the reader compacts.
+
+    The compaction must not fold in the stale copy and delete the newer file: the
+    counts between the two would be gone, and the exported counter would go back.
+    """
+    pool, link = write_good_state(dsn, tmp_path)
+    try:
+        path = link.path
+        stale = decode(read_bounded(path))  # what the reader read: 3 checkouts
+        for _ in range(2):
+            with pool.connection():
+                pass
+        link.write()  # the process resumes meanwhile: 5 checkouts in its file
+        before = acquired(read_directory(tmp_path, compact=False), "good")
+        assert before == 5
+        compact_directory(tmp_path, [(path, stale)])  # the reader goes on with its decision
+        seen = [acquired(read_directory(tmp_path), "good")]
+        link.write()
+        seen.append(acquired(read_directory(tmp_path), "good"))
+        with pool.connection():
+            pass
+        seen.append(acquired(link.read_all(), "good"))
+    finally:
+        pool.close()
+    assert seen == [5, 5, 6], f"exported after compaction: {seen} (5 before)"
+
+
+def test_compaction_never_writes_a_retired_file_that_readers_reject(dsn, tmp_path, caplog_all):
+    """Many pool names over a fleet's life (a pool per tenant, say) all end up retired.
+
+    The compacted file must stay within the bounds every reader checks (at most
+    MAX_POOLS_PER_FILE pools): a retired file that fails them would be skipped, and
+    every count of every dead worker would vanish from /metrics at once.
+    """
+    pool, link = write_good_state(dsn, tmp_path)
+    pool.close()
+    link.write()
+    (template,) = decode(read_bounded(link.path)).pools
+    link.path.unlink()
+    names = MAX_POOLS_PER_FILE + 20
+    for i in range(names):
+        state = copy.deepcopy(template)
+        state.pool = f"tenant-{i}"
+        dead = StateFile(secrets.token_hex(16), 0, "", time.time(), exited=True, pools=[state])
+        write_atomically(tmp_path, file_name(dead.incarnation), dead.encode())
+    want = 3 * names
+    seen = []
+    for _ in range(3):
+        seen.append(sum(acquired([s], s.pool) for s in read_directory(tmp_path)))
+    assert seen == [want] * 3, f"exported {seen}, counted {want}"
+    assert not [r for r in caplog_all.records if "skipping state file" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "orders\u00a0db",  # a no-break space, pasted from a document
+        "team \U0001f468\u200d\U0001f469\u200d\U0001f467",  # an emoji joined by ZWJ
+        "\u05d4\u05d6\u05de\u05e0\u05d5\u05ea\u200f",  # Hebrew text and its direction mark
+    ],
+)
+def test_every_name_a_pool_accepts_is_read_back(dsn, tmp_path, name, caplog_all):
+    """What a worker writes, readers accept: a pool name the pool takes must not get
+    its process's whole state file rejected (all of its pools' counts would vanish)."""
+    collector, link = linked(tmp_path)
+    pools = [
+        ConnectionPool(dsn, min_size=1, max_size=1, name=n, open=True) for n in (name, "plain")
+    ]
+    try:
+        for pool in pools:
+            collector.add(pool)
+            for _ in range(4):
+                with pool.connection():
+                    pass
+        states = link.read_all()
+    finally:
+        for pool in pools:
+            pool.close()
+    assert acquired(states, "plain") == 4
+    assert acquired(states, name) == 4
+    assert not [r for r in caplog_all.records if "skipping state file" in r.getMessage()]
+
+
+def test_a_database_name_with_a_control_character_keeps_the_file_readable(pg, tmp_path):
+    """The pool_info labels come from the server: a database named with a tab in it
+    must not make readers refuse the state file of every pool of the process."""
+    pg.execute('CREATE DATABASE "sales\tq1"')
+    try:
+        collector, link = linked(tmp_path)
+        pool = ConnectionPool(
+            pg.dsn(), kwargs={"dbname": "sales\tq1"}, min_size=1, name="tabbed", open=True
+        )
+        try:
+            collector.add(pool)
+            for _ in range(3):
+                with pool.connection():
+                    pass
+            states = link.read_all()
+        finally:
+            pool.close()
+    finally:
+        pg.execute('DROP DATABASE "sales\tq1"')
+    assert acquired(states, "tabbed") == 3
+    (state,) = [s for s in states if s.pool == "tabbed"]
+    assert state.info["dbname"] == "sales?q1"
+
+
+def test_a_copy_of_a_state_file_is_not_counted_twice(dsn, tmp_path, caplog_all):
+    """A file is one incarnation's, under that incarnation's name: a copy under another
+    name (a backup, an operator's cp) is refused, not added a second time; and a file
+    claiming another process's incarnation cannot get that process's file compacted."""
+    pool, link = write_good_state(dsn, tmp_path)
+    try:
+        original = link.path.read_bytes()
+        (tmp_path / "poolwatch-copy.json").write_bytes(original)
+        exited = json.loads(original)
+        exited["exited"] = True
+        (tmp_path / "poolwatch-claim.json").write_text(json.dumps(exited))
+        assert acquired(read_directory(tmp_path), "good") == 3
+        assert link.path.exists()  # not compacted on the word of the planted "exited" copy
+        link.write()
+        assert acquired(read_directory(tmp_path), "good") == 3
+    finally:
+        pool.close()
+    assert any("skipping state file" in r.getMessage() for r in caplog_all.records)

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from poolwatch import AsyncConnectionPool
+from poolwatch import AsyncConnectionPool, PoolClosed
 
 from ..acompat import await_until
 
@@ -140,13 +140,42 @@ async def test_pool_outliving_its_loop_can_still_be_closed_cleanly(pg):
             pg.dsn(application_name=app), min_size=1, reset=reset, open=False
         )
         await pool.open(wait=True, timeout=30)
-        return pool
+        return pool, await pool.getconn(timeout=10)
 
-    pool = await asyncio.to_thread(asyncio.run, open_pool())  # that loop is gone now
-    conn = await pool.getconn(timeout=10)
+    pool, conn = await asyncio.to_thread(asyncio.run, open_pool())  # that loop is gone now
     await pool.putconn(conn)  # queued for workers that ended with their loop
     await pool.close(timeout=5)
     s = pool.snapshot()
     assert (s.size, s.used, s.idle) == (0, 0, 0)
     assert conn.closed
+    await await_until(lambda: pg.backends(app) == 0, timeout=15)
+
+
+async def test_a_pool_whose_loop_ended_refuses_to_lend_clearly(pg):
+    """An async pool opened under one asyncio.run() and used under the next: its workers
+    ended with their loop, so a lent connection could never come back (a return with a
+    reset, a replacement, growth all need them). Say so at once, instead of lending it
+    and then timing out on every request (size=1/1, used=1) for the pool's whole life.
+    """
+    app = f"xl-{uuid.uuid4().hex[:10]}"
+
+    async def reset(conn):
+        pass
+
+    async def open_pool():
+        pool = AsyncConnectionPool(
+            pg.dsn(application_name=app), min_size=1, max_size=1, reset=reset, open=False
+        )
+        await pool.open(wait=True, timeout=30)
+        return pool
+
+    pool = await asyncio.to_thread(asyncio.run, open_pool())
+    try:
+        for _ in range(2):
+            with pytest.raises(PoolClosed, match=r"event loop .* has ended"):
+                async with pool.connection(timeout=3):
+                    pass
+        assert pool.snapshot().used == 0
+    finally:
+        await pool.close(timeout=5)
     await await_until(lambda: pg.backends(app) == 0, timeout=15)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .exposition import format_value
 from .multiprocess import COMPACT_AFTER, STALE_AFTER, WRITE_INTERVAL
-from .multiprocess_files import MAX_FILE_BYTES
+from .multiprocess_files import MAX_FILE_BYTES, MAX_POOLS_PER_FILE
 from .names import EXPORTER_METRICS, METRICS, OTEL_ATTRIBUTES, OTEL_DERIVED, Metric
 from .state import MAX_LABEL_LENGTH
 
@@ -30,7 +30,9 @@ MULTIPROCESS_GUARANTEES = f"""\
 
 With `PROMETHEUS_MULTIPROC_DIR` set, every process writes its pools' state to one
 file of that directory (every {WRITE_INTERVAL:g} s, at each scrape and at exit), and every
-scrape merges all files per pool name.
+scrape merges all files per pool name. "At exit" includes `multiprocessing` children
+(fork or forkserver start method), which end with `os._exit` and run no `atexit`
+handler: their final write is registered as a multiprocessing finalizer.
 
 - **Counters and histograms never decrease**, across pools closed and re-created under
   one name, forked children, workers that exit or are killed, and new processes that get
@@ -49,10 +51,14 @@ scrape merges all files per pool name.
   for {COMPACT_AFTER:g} s, are folded into one file (`poolwatch-retired.json`) under a lock,
   and their files removed. A process that was only paused that long notices that its file
   is gone when it resumes, and from then on publishes only what it counted since.
+  The retired file holds at most {MAX_POOLS_PER_FILE:,} pool names (the limit every file is
+  read with): past that, dead processes' files are left as they are, with one warning, so
+  that their counts stay; scrapes then read one file more per dead process.
 - **Validated files**: a file that is not a regular file, is larger than
   {MAX_FILE_BYTES // 2**20} MiB, is not JSON, holds `NaN`/`Infinity`, negative or huge numbers,
   unknown families, label values outside this table, duplicate series or names longer
-  than {MAX_LABEL_LENGTH} characters is skipped whole, logged once and counted in
+  than {MAX_LABEL_LENGTH} characters, or is not named after the incarnation it holds (a
+  copy, which would count twice) is skipped whole, logged once and counted in
   `poolwatch_exporter_state_files_rejected_total`; /metrics, /pools and /api/live keep
   answering. Writes go through a temporary file made by `mkstemp` and a rename, so a
   planted symlink is never written through; a world-writable directory is warned about.

@@ -36,6 +36,7 @@ import atexit
 import copy
 import fcntl
 import logging
+import multiprocessing.util
 import os
 import secrets
 import threading
@@ -47,6 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 from .multiprocess_files import (
     FILE_GLOB,
+    MAX_FILE_BYTES,
+    MAX_POOLS_PER_FILE,
     REJECTIONS,
     RETIRED_ID,
     RETIRED_NAME,
@@ -147,6 +150,17 @@ class MultiprocessLink:
                     link.start()
 
         os.register_at_fork(before=before, after_in_parent=in_parent, after_in_child=in_child)
+        # A multiprocessing child (fork or forkserver start method; Celery's prefork
+        # pool is the same) ends with os._exit: atexit never runs there, and whatever
+        # it counted since the writer's last tick would be lost. Its own exit path runs
+        # multiprocessing's finalizers: registered now if this link was made in such a
+        # child, else in each child once it has cleared those inherited from the parent.
+        if multiprocessing.parent_process() is not None:
+            self._final_write_in_child()
+        multiprocessing.util.register_after_fork(self, MultiprocessLink._final_write_in_child)
+
+    def _final_write_in_child(self) -> None:
+        multiprocessing.util.Finalize(None, self._write_at_exit, exitpriority=10)
 
     def _before_fork(self) -> None:
         """Note which pools are this process's before fork(): a child must not write them.
@@ -374,8 +388,14 @@ def read_directory(directory: str | os.PathLike[str], *, compact: bool = True) -
         if path.name == RETIRED_NAME:
             continue
         content = _read(path)
-        if content is not None and content.incarnation != RETIRED_ID:
-            workers.append((path, content))
+        if content is None:
+            continue
+        if path.name != file_name(content.incarnation):
+            # A copy (a backup, a cp) would be counted twice, and a planted one that
+            # claims another incarnation exited would get that live file compacted.
+            REJECTIONS.record(path, f"not named after its incarnation {content.incarnation}")
+            continue
+        workers.append((path, content))
     retired = _read(root / RETIRED_NAME)
     absorbed = retired.absorbed if retired else {}
     states: list[PoolState] = list(retired.retired) if retired else []
@@ -431,33 +451,72 @@ def compact_directory(root: Path, dead: list[tuple[Path, StateFile]]) -> None:
                 (root / file_name(incarnation)).unlink()
             if now - when > ABSORBED_KEEP:
                 del absorbed[incarnation]
+        # Read each file again under the lock: a process taken for dead from an older
+        # copy (paused past COMPACT_AFTER) may have written since. Folding in the old
+        # copy and removing the newer file would lose what came in between.
         fresh = [
             (path, content)
             for path, content in dead
-            if content.incarnation not in absorbed and path.exists()
+            if content.incarnation not in absorbed and _unchanged(path, content)
         ]
         if not fresh and absorbed == current.absorbed:
             return
+        pruned = dict(absorbed)
         states = list(current.retired)
         for _, content in fresh:
             states.extend(content.pools)
             states.extend(content.retired)
             absorbed[content.incarnation] = now
         update = StateFile(
-            RETIRED_ID,
-            0,
-            "",
-            now,
-            exited=True,
-            retired=retired_merge(states),
-            absorbed=absorbed,
+            RETIRED_ID, 0, "", now, exited=True, retired=retired_merge(states), absorbed=absorbed
         )
+        if not _within_bounds(update):
+            # Every reader would reject the file, and with it every count of every dead
+            # process. Leave the dead files as they are: scrapes read more, counts stay.
+            _warn_once(
+                root,
+                f"not compacting the state files in {root}: the retired file would exceed"
+                f" {MAX_POOLS_PER_FILE} pool names or {MAX_FILE_BYTES} bytes",
+            )
+            if pruned == current.absorbed:
+                return
+            fresh = []
+            update = StateFile(
+                RETIRED_ID, 0, "", now, exited=True, retired=current.retired, absorbed=pruned
+            )
         write_atomically(root, RETIRED_NAME, update.encode())
         for path, _ in fresh:
             with suppress(FileNotFoundError):
                 path.unlink()
     finally:
         os.close(fd)
+
+
+def _within_bounds(content: StateFile) -> bool:
+    """Whether readers will accept *content* (what `multiprocess_files.decode` checks)."""
+    if max(len(content.pools), len(content.retired)) > MAX_POOLS_PER_FILE:
+        return False
+    return len(content.encode()) <= MAX_FILE_BYTES
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(root: Path, message: str) -> None:
+    if str(root) not in _warned:
+        _warned.add(str(root))
+        logger.warning("%s", message)
+
+
+def _unchanged(path: Path, content: StateFile) -> bool:
+    """Whether *path* still holds the write that *content* was read from."""
+    now = _read(path)
+    return (
+        now is not None
+        and now.incarnation == content.incarnation
+        and now.heartbeat == content.heartbeat
+        and now.exited == content.exited
+    )
 
 
 def readiness(states: list[PoolState], ready_max_wait: float | None) -> tuple[bool, dict[str, Any]]:

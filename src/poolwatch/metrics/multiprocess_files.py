@@ -31,6 +31,7 @@ import re
 import stat
 import tempfile
 import threading
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,14 @@ def _require(condition: bool, why: str) -> None:
 def _text(value: object, what: str, limit: int = MAX_LABEL_LENGTH) -> str:
     _require(isinstance(value, str) and len(value) <= limit, f"{what} is not a short string")
     assert isinstance(value, str)
-    # A lone surrogate (a JSON escape no pool writes) cannot be encoded in any response.
-    _require(value.isprintable() and _encodable(value), f"{what} is not printable UTF-8")
+    # A lone surrogate (a JSON escape no pool writes) cannot be encoded in any response,
+    # and control characters break log lines. The same test as for pool names
+    # (`pool.base.check_name`), no stricter: a no-break space, a zero-width joiner or a
+    # direction mark is a valid name, and a file holding one must not be refused whole.
+    _require(
+        _encodable(value) and not any(unicodedata.category(c) == "Cc" for c in value),
+        f"{what} holds a control character or is not UTF-8",
+    )
     return value
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import unicodedata
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -128,10 +129,20 @@ def bounded(value: str) -> str:
     return f"{value[: MAX_LABEL_LENGTH - 11]}~{digest}"
 
 
+def _info_value(value: str) -> str:
+    """A pool_info label value: bounded, control characters shown as "?".
+
+    They come from the server and the conninfo (a database may be named with a tab
+    in it); as in pool names, control characters are kept out of labels, logs and
+    the state files, whose readers refuse them.
+    """
+    return bounded("".join("?" if unicodedata.category(c) == "Cc" else c for c in value))
+
+
 def identity_of(pool: Watchable) -> dict[str, str]:
     """The pool_info labels: from the first connection, else from the conninfo string."""
     if pool.server_identity:
-        return {k: bounded(v) for k, v in pool.server_identity.items()}
+        return {k: _info_value(v) for k, v in pool.server_identity.items()}
     info = dict.fromkeys(INFO_LABELS, "")
     conninfo = getattr(pool, "conninfo", None)
     if isinstance(conninfo, str):
@@ -144,7 +155,7 @@ def identity_of(pool: Watchable) -> dict[str, str]:
             if value is not None:
                 # A malformed URI puts part of the password in "host", and dbname may
                 # hold a whole connection string: mask what came from a secret.
-                info[name] = bounded(redact_message(str(value), conninfo))
+                info[name] = _info_value(redact_message(str(value), conninfo))
     return info
 
 

@@ -359,11 +359,21 @@ class ConnectionPool(PoolUpkeep[CT]):
             PoolTimeout: no connection within the timeout; says the pool's state and
                 chains the last connection error, if connecting failed.
             TooManyRequests: ``max_waiting`` requests are already waiting.
-            PoolClosed: the pool is closed, not open yet, or inherited across fork().
+            PoolClosed: the pool is closed, not open yet, inherited across fork(), or
+                (async pool) the event loop that opened it, where its workers ran, ended.
         """
         t0 = monotonic()
         if self._open_implicit:
             self._check_usable()
+        loop = self._loop
+        if loop is not None and loop.is_closed():
+            # Its workers ended with that loop: a connection lent now could not come back
+            # (a return with a reset, a replacement, growth all run there).
+            raise PoolClosed(
+                f"the event loop that opened pool {self.name!r} has ended, and its workers"
+                " with it: open the pool in the event loop that uses it (for example"
+                " inside the coroutine given to asyncio.run()), or close it"
+            )
         # The fast path, inlined (it is what almost every request takes): the same
         # bookkeeping as _take_idle_locked, _checkout_locked and _record_acquire_locked,
         # without their calls; acquire()/release() rather than `with`, which creates a
