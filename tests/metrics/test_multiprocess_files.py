@@ -103,6 +103,45 @@ def test_a_pool_recreated_under_one_name_keeps_every_count(dsn, tmp_path):
     assert len(addresses) < ROUNDS, "no address was reused: raise ROUNDS"
 
 
+def test_a_process_that_keeps_making_new_names_stays_readable(dsn, tmp_path, monkeypatch):
+    """Red team: past the readers' bound of pool names, a process's whole file was refused.
+
+    Unnamed pools are "pool-1", "pool-2"...: each closed one was kept forever. With the
+    bound lowered (the real one is MAX_POOLS_PER_FILE // 2), the oldest closed names are
+    forgotten, the newest and the open ones keep every count, and the file stays readable.
+    """
+    from poolwatch.metrics import multiprocess
+
+    assert multiprocess.MAX_RETIRED_NAMES < MAX_POOLS_PER_FILE
+    monkeypatch.setattr(multiprocess, "MAX_RETIRED_NAMES", 3)
+    collector, link = linked(tmp_path)
+    keeper = ConnectionPool(dsn, min_size=1, max_size=1, name="keeper", open=True)
+    collector.add(keeper)
+    try:
+        with keeper.connection():
+            pass
+        for i in range(6):
+            pool = ConnectionPool(dsn, min_size=1, max_size=1, name=f"gone-{i}", open=True)
+            collector.add(pool)
+            for _ in range(i + 1):
+                with pool.connection():
+                    pass
+            link.write()
+            pool.close()
+            del pool
+            gc.collect()  # the collector holds pools weakly: the closed one is gone now
+            link.write()
+        states = read_directory(tmp_path)
+    finally:
+        keeper.close()
+    names = {s.pool for s in states}
+    assert not names & {"gone-0", "gone-1"}, names  # the oldest closed names are forgotten
+    assert {"gone-3", "gone-4", "gone-5", "keeper"} <= names
+    assert len(names) <= 3 + 2  # the bound, plus the open pool and the newest still in memory
+    assert [acquired(states, f"gone-{i}") for i in (3, 4, 5)] == [4, 5, 6]
+    assert acquired(states, "keeper") == 1
+
+
 def test_pid_reuse_keeps_a_dead_workers_counts(dsn, tmp_path):
     """Finding 3: two workers that both run as pid 1 (fresh PID namespaces) both count."""
     run_worker(tmp_path, dsn, "work", "30", new_pid_namespace=True)

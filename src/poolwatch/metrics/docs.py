@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .exposition import format_value
-from .multiprocess import COMPACT_AFTER, STALE_AFTER, WRITE_INTERVAL
+from .multiprocess import COMPACT_AFTER, MAX_RETIRED_NAMES, STALE_AFTER, WRITE_INTERVAL
 from .multiprocess_files import MAX_FILE_BYTES, MAX_POOLS_PER_FILE
 from .names import EXPORTER_METRICS, METRICS, OTEL_ATTRIBUTES, OTEL_DERIVED, Metric
 from .state import MAX_LABEL_LENGTH
@@ -54,6 +54,10 @@ handler: their final write is registered as a multiprocessing finalizer.
   The retired file holds at most {MAX_POOLS_PER_FILE:,} pool names (the limit every file is
   read with): past that, dead processes' files are left as they are, with one warning, so
   that their counts stay; scrapes then read one file more per dead process.
+  One process keeps counting at most {MAX_RETIRED_NAMES:,} names of pools it closed:
+  past that (a process that keeps making new names, such as unnamed pools "pool-1",
+  "pool-2"...), the oldest closed names are forgotten with one warning and their series
+  end, as a closed pool's do in a single process. Give pools a fixed set of names.
 - **Validated files**: a file that is not a regular file, is larger than
   {MAX_FILE_BYTES // 2**20} MiB, is not JSON, holds `NaN`/`Infinity`, negative or huge numbers,
   unknown families, label values outside this table, duplicate series or names longer

@@ -79,6 +79,9 @@ COMPACT_AFTER = 300.0
 #: scrape that read its file just before is not counted twice (seconds)
 ABSORBED_KEEP = 120.0
 LOCK_NAME = "poolwatch-retired.lock"
+#: closed pools' names one process keeps counting (half of what a file may hold, so that
+#: the names still open fit beside them)
+MAX_RETIRED_NAMES = MAX_POOLS_PER_FILE // 2
 
 
 def pid_namespace() -> str:
@@ -199,6 +202,7 @@ class MultiprocessLink:
         self._states: dict[str, PoolState] = {}
         # Merged counts of the pools gone, by name.
         self._retired: list[PoolState] = []
+        self._warned_names = False
         # Counts published by a file that was compacted while we lived (see _rebase).
         self._baseline: list[PoolState] = []
         self._last_written: StateFile | None = None
@@ -266,6 +270,27 @@ class MultiprocessLink:
         if gone:
             dead = [self._states.pop(token) for token in gone]
             self._retired = retired_merge([*self._retired, *dead])
+            self._bound_retired()
+
+    def _bound_retired(self) -> None:
+        """Forget the oldest closed pools' names past MAX_RETIRED_NAMES.
+
+        A process that keeps making new names (unnamed pools are "pool-1", "pool-2"...)
+        would otherwise grow its file past what readers accept, and then every count of
+        the process would be refused at once. Forgotten names' series end, as a closed
+        pool's do in a single process; the names still open are never touched.
+        """
+        excess = len(self._retired) - MAX_RETIRED_NAMES
+        if excess <= 0:
+            return
+        if not self._warned_names:
+            self._warned_names = True
+            logger.warning(
+                "more than %d closed pool names in this process: the oldest are forgotten"
+                " and their series end; name your pools (a fixed set of names) to keep them",
+                MAX_RETIRED_NAMES,
+            )
+        self._retired = self._retired[excess:]  # retired_merge keeps first-seen order
 
     def write(self, *, exiting: bool = False) -> None:
         """Write this process's state now, atomically (readers never see half a file)."""
