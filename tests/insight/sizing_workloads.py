@@ -42,9 +42,9 @@ class Shape:
 
 
 SHAPES = (
-    Shape("steady", rate=120.0, burst=1, query=0.02),
-    Shape("bursty", rate=120.0, burst=4, query=0.015),
-    Shape("held-idle", rate=100.0, burst=1, query=0.005, idle=0.015),
+    Shape("steady", rate=60.0, burst=1, query=0.04),
+    Shape("bursty", rate=60.0, burst=4, query=0.03),
+    Shape("held-idle", rate=50.0, burst=1, query=0.01, idle=0.03),
 )
 
 
