@@ -78,7 +78,9 @@ def _schedule(shape: Shape, seconds: float, seed: int) -> list[float]:
 
 def run(dsn: str, shape: Shape, size: int, seconds: float, seed: int = 1) -> Measured:
     """Drive *shape* for *seconds* against a pool of *size*; bounded by the schedule."""
-    pool = ConnectionPool(dsn, min_size=size, max_size=size, timeout=20, name=f"sizing-{size}", open=True)
+    pool = ConnectionPool(
+        dsn, min_size=size, max_size=size, timeout=20, name=f"sizing-{size}", open=True
+    )
     waits: list[float] = []
     holds: list[float] = []
     lock = threading.Lock()

@@ -67,7 +67,10 @@ class Window:
     @property
     def saturation(self) -> float:
         seconds = self.recent.seconds
-        return self.used_seconds / (seconds * self.max_size) if seconds and self.max_size else 0.0
+        if not seconds or not self.max_size:
+            return 0.0
+        # the two readings are not taken at the same instant as the counters moved
+        return min(1.0, self.used_seconds / (seconds * self.max_size))
 
     @property
     def burst_size(self) -> float:
@@ -129,12 +132,14 @@ def between(
     *,
     baseline: tuple[PoolState, float] | None = None,
     arrivals_per_interval: Sequence[float] = (),
+    min_baseline: float = MIN_BASELINE_SECONDS,
 ) -> Window:
     """The window from *before* to *after* (*seconds* apart; *before* None: since start).
 
     *baseline* is an earlier state and its age in seconds before *before*: the rates
     then, to tell a spike or a slowdown from a pool that was always too small.
     *arrivals_per_interval* are request counts in equal sub-intervals, for burstiness.
+    A baseline shorter than *min_baseline* seconds is ignored.
     """
     acquire_ok = _delta(
         after.histograms.get(("acquire", ("ok",))) or _empty("acquire"),
@@ -149,7 +154,7 @@ def between(
         earlier = activity_of(before) or {}
         activity = {a: max(0.0, v - earlier.get(a, 0.0)) for a, v in activity.items()}
     base = None
-    if baseline is not None and before is not None and baseline[1] >= MIN_BASELINE_SECONDS:
+    if baseline is not None and before is not None and baseline[1] >= min_baseline:
         base = _period(before, baseline[0], baseline[1])
     server_max = after.scalars.get(("server_max_connections", ()))
     return Window(
