@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from poolwatch import ConnectionPool, PoolTimeout
 from poolwatch.insight.verdict import judge
-from poolwatch.insight.window import Window, between
+from poolwatch.insight.window import between
 from poolwatch.metrics.state import PoolState, state_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
