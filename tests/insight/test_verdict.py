@@ -8,6 +8,7 @@ bounded in time; the assertions are on causes and counts, never on durations.
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 import time
 import uuid
@@ -178,3 +179,21 @@ def test_a_server_refusing_connections_is_server_refusing(dsn: str) -> None:
     finally:
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))
+
+
+def test_the_runbook_describes_the_same_rule() -> None:
+    """docs/runbooks.md's table lists the causes in the rule's order, with its thresholds."""
+    from pathlib import Path
+
+    from poolwatch.insight import verdict as rule
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "runbooks.md").read_text()
+    table = text[text.index("| verdict (`cause`)") :].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| `")]
+    in_table = [row.split("`")[1] for row in rows]
+    in_code = re.findall(r"^\d\. ``(\w+)``", rule.__doc__ or "", re.MULTILINE)
+    assert in_table == in_code
+    assert sorted(in_table) == sorted(rule.CAUSES)
+    assert rule.IDLE_SHARE == 0.5 and "more than half" in rows[in_table.index("held_idle")]
+    assert rule.CHANGE_FACTOR == 2 and "at least 2" in rows[in_table.index("slow_queries")]
+    assert "verdict.py" in text
