@@ -98,7 +98,8 @@ def test_queries_turning_slow_is_slow_queries(dsn: str) -> None:
 def test_more_callers_at_the_same_hold_time_is_a_traffic_spike(dsn: str) -> None:
     with ConnectionPool(dsn, min_size=2, max_size=2, name="v-spike") as pool:
         pool.wait()
-        base_before, _, base_seconds = phase(pool, 1, 1.5, query(pool, 0.02))
+        # one caller that pauses between requests, then eight that do not
+        base_before, _, base_seconds = phase(pool, 1, 1.5, query(pool, 0.02, think=0.03))
         before, after, seconds = phase(pool, 8, 1.5, query(pool, 0.02))
     window = between(before, after, seconds, baseline=(base_before, base_seconds), min_baseline=1)
     assert window.waits > 0

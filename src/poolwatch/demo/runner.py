@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 import socket
@@ -117,10 +118,12 @@ class Diagnosis:
         self.cause: str | None = None
         self.started = time.monotonic()
         self.advised = False
+        self.site_said = False
 
     def new_scenario(self) -> None:
         self.started = time.monotonic()
         self.advised = False
+        self.site_said = False
 
     def update(self) -> None:
         from ..insight.advice import Options, advise, windows_by_pool
@@ -135,9 +138,10 @@ class Diagnosis:
         if verdict.cause != self.cause:
             self.cause = verdict.cause
             self.say(f"  verdict: {verdict.cause}: {verdict.why}")
-            site = _top_call_site(pool_view(states["demo"]))
-            if site and verdict.cause != "none":
-                self.say(f"  held most by: {site}")
+        site = _top_call_site(pool_view(states["demo"]))
+        if site and verdict.cause != "none" and not self.site_said:
+            self.site_said = True
+            self.say(f"  held most by: {site}")
         if not self.advised and time.monotonic() - self.started >= self.ADVICE_AFTER:
             self.advised = True
             advice = advise(window, Options())
@@ -147,6 +151,19 @@ class Diagnosis:
                 f" {advice.options.target_p95 * 1000:g} ms (now {window.max_size}). {first}"
                 f" Details: {self.base}/pools/demo/advice"
             )
+
+
+def _watch_what_connections_do(pool: Any) -> None:
+    """Turn on the held-time split and call sites (issue 16), where this build has them.
+
+    They come with `poolwatch.insight.activity`, which ships apart from the verdict and
+    the advice; without it the demo still shows both, from the queue alone.
+    """
+    try:
+        activity = importlib.import_module("poolwatch.insight.activity")
+    except ImportError:
+        return
+    activity.watch(pool, call_sites=True)
 
 
 def _top_call_site(view: dict[str, Any]) -> str | None:
@@ -273,6 +290,7 @@ async def run(options: DemoOptions, out: Output) -> int:
             open=False,
         )
         await pool.open(wait=True, timeout=30)
+        _watch_what_connections_do(pool)
         prom.register(pool, registry)
         out.say("poolwatch demo: the pool 'demo' is open and on the status page")
         if stack is not None:
