@@ -118,12 +118,17 @@ def _trace(workload: Workload, requests: int, seed: int) -> _Trace:
     points = workload.holds.points()
     values = [v for v, _ in points]
     weights = [p for _, p in points]
-    burst = max(1, round(workload.burst_size))
-    burst_rate = workload.arrival_rate / burst
+    # A measured burst size between two whole numbers is a mix of bursts of both sizes
+    # with that mean: rounding it would turn 4.4 into 4 and 4.6 into 5.
+    mean_burst = max(1.0, workload.burst_size)
+    smaller = math.floor(mean_burst)
+    larger_share = mean_burst - smaller
+    burst_rate = workload.arrival_rate / mean_burst
     arrivals: list[float] = []
     now = 0.0
     while len(arrivals) < requests:
         now += rng.expovariate(burst_rate)
+        burst = smaller + (rng.random() < larger_share)
         arrivals.extend([now] * min(burst, requests - len(arrivals)))
     holds = rng.choices(values, weights, k=requests)
     return _Trace(arrivals, holds)

@@ -8,7 +8,7 @@ between two readings is what happened in between.
 
 from __future__ import annotations
 
-import statistics
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -131,14 +131,15 @@ def between(
     seconds: float,
     *,
     baseline: tuple[PoolState, float] | None = None,
-    arrivals_per_interval: Sequence[float] = (),
+    arrivals_per_interval: tuple[Sequence[float], Sequence[float]] = ((), ()),
     min_baseline: float = MIN_BASELINE_SECONDS,
 ) -> Window:
     """The window from *before* to *after* (*seconds* apart; *before* None: since start).
 
     *baseline* is an earlier state and its age in seconds before *before*: the rates
     then, to tell a spike or a slowdown from a pool that was always too small.
-    *arrivals_per_interval* are request counts in equal sub-intervals, for burstiness.
+    *arrivals_per_interval* are request counts in sub-intervals and their lengths in
+    seconds, for burstiness.
     A baseline shorter than *min_baseline* seconds is ignored.
     """
     acquire_ok = _delta(
@@ -172,18 +173,29 @@ def between(
         connect_errors=_connect_errors(after, before),
         activity=activity,
         server_max_connections=None if server_max is None else int(server_max),
-        dispersion=dispersion(arrivals_per_interval),
+        dispersion=dispersion(*arrivals_per_interval),
     )
 
 
-def dispersion(counts: Sequence[float]) -> float:
-    """Variance over mean of per-interval arrival counts; 1 (Poisson) without enough data."""
-    if len(counts) < 5:
+def dispersion(counts: Sequence[float], seconds: Sequence[float] = ()) -> float:
+    """Variance over mean of arrival counts per interval: 1 for a Poisson stream.
+
+    *seconds* are the intervals' lengths (equal when not given): a sampler that runs
+    late on a busy machine makes longer intervals with more arrivals, which is not
+    burstiness, so each count is compared with what its own interval should hold
+    (Pearson's statistic over its degrees of freedom). A value that noise alone
+    could give a Poisson stream counts as 1: only clear bursts are modelled.
+    """
+    k = len(counts)
+    lengths = list(seconds) if len(seconds) == k else [1.0] * k
+    total, span = sum(counts), sum(lengths)
+    if k < 5 or total <= 0 or span <= 0:
         return 1.0
-    mean = statistics.fmean(counts)
-    if mean <= 0:
-        return 1.0
-    return statistics.pvariance(counts) / mean
+    rate = total / span
+    pearson = sum((n - rate * t) ** 2 / (rate * t) for n, t in zip(counts, lengths) if t > 0)
+    value = pearson / (k - 1)
+    # two standard deviations of the statistic for a Poisson stream
+    return value if value > 1 + 2 * math.sqrt(2 / (k - 1)) else 1.0
 
 
 def from_samples(
@@ -209,6 +221,11 @@ def from_samples(
         acquire_total(b).cumulative()[-1] - acquire_total(a).cumulative()[-1]
         for (_, a), (_, b) in pairwise(points)
     ]
+    lengths = [tb - ta for (ta, _), (tb, _) in pairwise(points)]
     return between(
-        start, current, now - start_t, baseline=baseline, arrivals_per_interval=counts[:-1]
+        start,
+        current,
+        now - start_t,
+        baseline=baseline,
+        arrivals_per_interval=(counts, lengths),
     )
