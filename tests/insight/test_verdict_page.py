@@ -30,7 +30,9 @@ def test_page_shows_why_requests_wait(dsn, chromium):  # noqa: F811
             page.wait_for_selector('.card[data-pool="judged"]', timeout=10_000)
             wait_until(lambda: verdict_text(page).startswith("why: none"), timeout=10)
 
-            held = pool.getconn()
+            def busy() -> None:  # one long query: the connection works, it is not idle
+                with pool.connection() as conn:
+                    conn.execute("SELECT pg_sleep(4)")
 
             def wait_for_one() -> None:
                 try:
@@ -38,6 +40,9 @@ def test_page_shows_why_requests_wait(dsn, chromium):  # noqa: F811
                 except PoolTimeout:
                     pass
 
+            worker = threading.Thread(target=busy)
+            worker.start()
+            wait_until(lambda: pool.snapshot().used == 1, timeout=10)
             waiter = threading.Thread(target=wait_for_one)
             waiter.start()
             try:
@@ -46,6 +51,6 @@ def test_page_shows_why_requests_wait(dsn, chromium):  # noqa: F811
                 assert view["verdict"]["cause"] == "too_small"
                 assert "requests waited" in verdict_text(page)
             finally:
-                pool.putconn(held)
+                worker.join(15)
                 waiter.join(15)
             page.close()
