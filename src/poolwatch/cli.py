@@ -1,4 +1,4 @@
-"""The ``poolwatch`` command: ``demo``, ``serve``, ``alerts`` and ``dashboards``."""
+"""The ``poolwatch`` command: ``demo``, ``serve``, ``advise``, ``alerts`` and ``dashboards``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 DEFAULT_PORT = 9187
 # the scenario names, without importing the demo (and its dependencies) for --help
-_SCENARIOS = ("steady", "spike", "slow-queries", "leak", "storm", "outage")
+_SCENARIOS = ("steady", "spike", "slow-queries", "leak", "storm", "outage", "held-idle")
 TOKEN_ENV = "POOLWATCH_TOKEN"
 
 # What each optional extra provides, as the modules a command imports (see pyproject.toml).
@@ -217,6 +217,12 @@ def _demo(args: argparse.Namespace) -> int:
     return main(options)
 
 
+def _advise(args: argparse.Namespace) -> int:
+    from .insight.advise_cli import run_advise
+
+    return run_advise(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poolwatch",
@@ -231,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start an embedded PostgreSQL (or use --dsn / $POOLWATCH_DSN), open a pool,"
             " serve the exporter and the status page, and drive the pool through named"
-            " scenarios: steady, spike, slow-queries, leak, storm, outage. Without"
+            " scenarios: steady, spike, slow-queries, leak, storm, outage, held-idle. Without"
             " --scenario it cycles through all of them. Ctrl-C stops everything and"
             " removes the embedded server."
         ),
@@ -345,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="uvicorn's log level (default: %(default)s)",
     )
     serve.set_defaults(run=_serve)
+
+    from .insight.advise_cli import add_advise_parser
+
+    add_advise_parser(commands).set_defaults(run=_advise)
 
     alerts = commands.add_parser(
         "alerts",

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -96,6 +97,82 @@ def progress_line(scenario: Scenario, view: dict[str, Any]) -> str:
         f" | used {p['used']:.0f}/{p['max']:.0f} | waiting {p['waiting']:.0f}"
         f" | wait p95 (1 min) {p95_text} | errors/min {errors_text}"
     )
+
+
+class Diagnosis:
+    """Says the pool's verdict when it changes, and the sizing advice once per scenario.
+
+    Both come from the exporter, as /pools and /pools/demo/advice give them; the demo
+    prints them so that the cause is on screen within seconds of the scenario starting.
+    """
+
+    #: seconds into a scenario before its advice is printed: a few samples to measure
+    ADVICE_AFTER = 5.0
+    #: a verdict over less than this is a guess
+    MIN_WINDOW = 3.0
+
+    def __init__(self, exporter: Any, base: str, say: Callable[[str], None]) -> None:
+        self.exporter = exporter
+        self.base = base
+        self.say = say
+        self.cause: str | None = None
+        self.started = time.monotonic()
+        self.advised = False
+        self.site_said = False
+
+    def new_scenario(self) -> None:
+        self.started = time.monotonic()
+        self.advised = False
+        self.site_said = False
+
+    def update(self) -> None:
+        from ..insight.advice import Options, advise, windows_by_pool
+        from ..insight.verdict import judge
+        from ..metrics.views import pool_view
+
+        states = {s.pool: s for s in self.exporter.states()}
+        window = windows_by_pool(self.exporter.live, list(states.values())).get("demo")
+        if window is None or window.recent.seconds < self.MIN_WINDOW:
+            return
+        verdict = judge(window)
+        if verdict.cause != self.cause:
+            self.cause = verdict.cause
+            self.say(f"  verdict: {verdict.cause}: {verdict.why}")
+        site = _top_call_site(pool_view(states["demo"]))
+        if site and verdict.cause != "none" and not self.site_said:
+            self.site_said = True
+            self.say(f"  held most by: {site}")
+        if not self.advised and time.monotonic() - self.started >= self.ADVICE_AFTER:
+            self.advised = True
+            advice = advise(window, Options())
+            first = advice.notes[0] if advice.notes else ""
+            self.say(
+                f"  advice: max_size {advice.recommended} for a wait p95 under"
+                f" {advice.options.target_p95 * 1000:g} ms (now {window.max_size}). {first}"
+                f" Details: {self.base}/pools/demo/advice"
+            )
+
+
+def _watch_what_connections_do(pool: Any) -> None:
+    """Turn on the held-time split and call sites (issue 16), where this build has them.
+
+    They come with `poolwatch.insight.activity`, which ships apart from the verdict and
+    the advice; without it the demo still shows both, from the queue alone.
+    """
+    try:
+        activity = importlib.import_module("poolwatch.insight.activity")
+    except ImportError:
+        return
+    activity.watch(pool, call_sites=True)
+
+
+def _top_call_site(view: dict[str, Any]) -> str | None:
+    """The call site holding the pool longest, from /pools' "callsites", when measured."""
+    sites = view.get("callsites")
+    if not isinstance(sites, list) or not sites or not isinstance(sites[0], dict):
+        return None
+    top = max(sites, key=lambda s: float(s.get("hold_seconds") or 0.0))
+    return f"{top.get('site')} ({float(top.get('hold_seconds') or 0.0):.1f} s held)"
 
 
 class _Server:
@@ -213,6 +290,7 @@ async def run(options: DemoOptions, out: Output) -> int:
             open=False,
         )
         await pool.open(wait=True, timeout=30)
+        _watch_what_connections_do(pool)
         prom.register(pool, registry)
         out.say("poolwatch demo: the pool 'demo' is open and on the status page")
         if stack is not None:
@@ -222,15 +300,18 @@ async def run(options: DemoOptions, out: Output) -> int:
         load = Load(pool, options.workers)
         effects = Effects(pool, cluster, lambda m: out.say(f"  {m}"))
         exporter_live = app.state.exporter.live
+        diagnosis = Diagnosis(app.state.exporter, base, out.say)
         for scenario, seconds in plan(options):
             out.say(f"scenario {scenario.name}: {scenario.description} ({seconds:.0f} s)")
             load.set(scenario)
             effect = loop.create_task(effects.start(scenario))
+            diagnosis.new_scenario()
             ends = time.monotonic() + seconds
             while not stop.is_set() and time.monotonic() < ends:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
                 out.progress(progress_line(scenario, await asyncio.to_thread(exporter_live.view)))
+                await asyncio.to_thread(diagnosis.update)
             await _finish(effect)
             await effects.end(scenario)
             if stop.is_set():

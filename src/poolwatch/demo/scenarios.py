@@ -28,6 +28,8 @@ class Scenario:
     hold: float
     #: seconds a worker pauses between two queries
     think: float
+    #: seconds the worker then waits on a (simulated) external call, its transaction open
+    idle: float = 0.0
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -43,6 +45,15 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("leak", "steady traffic, and one connection is never given back", 1, 0.01, 0.05),
         Scenario("storm", "the server restarts under a full pool: reconnection storm", 4, 0.02, 0),
         Scenario("outage", "the server goes away for 8 s, then comes back", 1, 0.01, 0.05),
+        Scenario(
+            "held-idle",
+            "each transaction stays open across a 0.3 s call to another service:"
+            " connections sit idle in transaction while requests queue",
+            2,
+            0.01,
+            0.02,
+            idle=0.3,
+        ),
     )
 }
 ORDER = tuple(SCENARIOS)
@@ -73,6 +84,8 @@ class Load:
             try:
                 async with self.pool.connection() as conn:
                     await conn.execute("SELECT pg_sleep(%s)", (s.hold,))
+                    if s.idle:
+                        await self._external_call(s.idle)
                 self.queries += 1
             except Exception as ex:  # timeouts, or the server went away mid-query
                 self.failures += 1
@@ -80,6 +93,11 @@ class Load:
                 await asyncio.sleep(0.1)
             # jittered, so that the workers do not march in step
             await asyncio.sleep(s.think * random.uniform(0.5, 1.5))
+
+    @staticmethod
+    async def _external_call(seconds: float) -> None:
+        """A slow call to another service, made while the transaction is still open."""
+        await asyncio.sleep(seconds)
 
     async def stop(self) -> None:
         for task in self.tasks:

@@ -22,7 +22,15 @@ from prometheus_client import exposition as prom_exposition
 from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
+from ..insight.advice import (
+    DEFAULT_TARGET_P95,
+    Options,
+    advice_parameter_problem,
+    advise,
+    windows_by_pool,
+)
 from ..insight.checkouts import current_checkouts
+from ..insight.verdict import judge
 from ..metrics import prometheus as prom
 from ..metrics.exposition import (
     OPENMETRICS_CONTENT_TYPE,
@@ -338,14 +346,18 @@ def create_router(
 
     @router.api_route("/api/live", methods=READ_METHODS, dependencies=guarded)
     def live() -> JSONResponse:
-        return JSONResponse(ex.live.view(), headers={"Cache-Control": "no-store"})
+        view = ex.live.view()
+        add_verdicts(view["pools"], ex)
+        return JSONResponse(view, headers={"Cache-Control": "no-store"})
 
     @router.api_route("/pools", methods=READ_METHODS, dependencies=guarded)
     def pools_view() -> JSONResponse:
         views = [pool_view(s) for s in ex.states()]
+        add_verdicts(views, ex)
         return JSONResponse({"pools": views}, headers={"Cache-Control": "no-store"})
 
     _add_checkouts_route(router, ex, guarded)
+    _advice_routes(router, ex, guarded)
     return router
 
 
@@ -381,6 +393,45 @@ def _add_checkouts_route(router: APIRouter, ex: Exporter, guarded: list[Any]) ->
             for name, pools in sorted(by_name.items())
         ]
         return JSONResponse({"pools": views}, headers={"Cache-Control": "no-store"})
+
+
+def add_verdicts(views: list[dict[str, Any]], ex: Exporter) -> None:
+    """Give each pool view its "verdict", from the exporter's recent history (issue 16)."""
+    windows = windows_by_pool(ex.live, ex.states())
+    for view in views:
+        window = windows.get(str(view.get("name")))
+        if window is not None:
+            view["verdict"] = judge(window).to_json()
+
+
+def _advice_routes(router: APIRouter, ex: Exporter, guarded: list[Any]) -> None:
+    """GET /pools/{name}/advice: the verdict and the right size for one pool (issue 16)."""
+
+    @router.api_route("/pools/{name}/advice", methods=READ_METHODS, dependencies=guarded)
+    def pool_advice(
+        name: str,
+        target_p95: float = DEFAULT_TARGET_P95,
+        cores: int | None = None,
+        spindles: int = 0,
+        instances: int = 1,
+    ) -> JSONResponse:
+        problem = advice_parameter_problem(target_p95, cores, spindles, instances)
+        if problem:
+            raise HTTPException(status_code=422, detail=problem)
+        window = windows_by_pool(ex.live, ex.states()).get(name)
+        if window is None:
+            raise HTTPException(status_code=404, detail="no pool of that name")
+        timeout = next(
+            (getattr(p, "timeout", None) for p in ex.collector.pools() if p.name == name), None
+        )
+        options = Options(target_p95, cores, spindles, instances, _number(timeout))
+        return JSONResponse(
+            advise(window, options).to_json(), headers={"Cache-Control": "no-store"}
+        )
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def create_app(

@@ -204,9 +204,22 @@
          field("oldest_checkout", fmt(p.oldest_checkout_seconds, 1, "s"), "dd"),
          el("dt", {}, "leaked connections"), field("leaked", fmt(p.leaked, 0), "dd")),
       ...insightParts(p),
-      el("div", { class: "spark" }, ...sparkline(p.sparkline)));
+      el("div", { class: "spark" }, ...sparkline(p.sparkline)),
+      verdictLine(p.verdict));
     return section;
   }
+
+  // --- issue 16: the verdict line (why requests wait), from insight/verdict.py ---
+  function verdictLine(verdict) {
+    const v = verdict && typeof verdict === "object" && !Array.isArray(verdict) ? verdict : null;
+    if (!v || typeof v.cause !== "string") {
+      return el("p", { class: "verdict", "data-field": "verdict" }, "why: —");
+    }
+    const cause = v.cause.replace(/_/g, " ");
+    return el("p", { class: "verdict", "data-field": "verdict" },
+              el("strong", {}, "why: " + cause), " ", typeof v.why === "string" ? v.why : "");
+  }
+  // --- end of the verdict line ---
 
   async function refresh() {
     const status = document.getElementById("status");
