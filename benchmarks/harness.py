@@ -208,4 +208,5 @@ def disagreement_note(
             f"the fixed-duration runs were the slower ones although their split was even"
             f" (slowest worker's share {even:.2f}): the machine was busier during them"
         )
-    return f"{label}: fixed work {work:,.0f} qps vs fixed duration {dur:,.0f} ({ratio:.2f}x){relative}: {why}."
+    head = f"{label}: fixed work {work:,.0f} qps vs fixed duration {dur:,.0f} ({ratio:.2f}x)"
+    return f"{head}{relative}: {why}."

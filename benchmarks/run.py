@@ -70,7 +70,7 @@ def main() -> int:
             " finish time). Ratios are taken within each round, the table gives their"
             " median. Latency = one query including the pool's checkout and return. Goals:"
             " ≥ 0.95 of raw for T = 1, 4, 16 and ≥ 0.90 for T = 64, in both measures; p99"
-            " and max latency within 1.2 × raw's.",
+            " and max latency within 1.2 x raw's.",
             throughput.vs_raw_table(
                 throughput.vs_raw(
                     dsn, 3 if quick else 7, raw_seconds, (1, 4, 16, 64)
@@ -86,7 +86,7 @@ def main() -> int:
             " did in that time in a warm-up run, split evenly). Wait = time to get a"
             " connection. Jain fairness of the per-worker completions in the fixed-duration"
             " runs: 1.0 when every worker got an equal share. Goals: 64 asyncio tasks ≥"
-            " 1.25 × psycopg_pool in both measures with p99 wait no worse; 16 and 64"
+            " 1.25 x psycopg_pool in both measures with p99 wait no worse; 16 and 64"
             " threads at least as good as the previous run (8,278 and 7,037 qps, p99 wait"
             " 2.81 and 13.77 ms), Jain ≥ 0.99.",
             throughput.contention_table(throughput.contention(dsn, 3 if quick else 5, seconds)),

@@ -110,10 +110,12 @@ def vs_raw(dsn: str, rounds: int, seconds: float, sizes: tuple[int, ...]) -> Res
             warm = harness.threads_for(threads, makers[RAW], seconds)
             ops = max(20, int(warm.qps * seconds) // threads)
 
-            def run(name: str, measure: str) -> Measure:
+            def run(
+                name: str, measure: str, n: int = threads, ops: int = ops, makers: Any = makers
+            ) -> Measure:
                 if measure == DURATION:
-                    return harness.threads_for(threads, makers[name], seconds)
-                return harness.threads_work(threads, makers[name], ops)
+                    return harness.threads_for(n, makers[name], seconds)
+                return harness.threads_work(n, makers[name], ops)
 
             _interleave(list(peers), rounds, run, out.setdefault(f"{threads}", {}))
             print(f"  vs raw: {threads} threads done", file=sys.stderr, flush=True)
