@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import checkout, connect, metrics_cost, throughput  # noqa: E402
+from benchmarks import checkout, connect, memory, metrics_cost, throughput, web  # noqa: E402
 from poolwatch.embedded import create_cluster  # noqa: E402
 
 
@@ -90,6 +90,26 @@ def main() -> int:
             " threads at least as good as the previous run (8,278 and 7,037 qps, p99 wait"
             " 2.81 and 13.77 ms), Jain ≥ 0.99.",
             throughput.contention_table(throughput.contention(dsn, 3 if quick else 5, seconds)),
+        ))  # fmt: skip
+        print("bench: web load", file=sys.stderr)
+        web_rounds, web_seconds = (2, 2.0) if quick else (5, 5.0)
+        sections.append((
+            "Web load: FastAPI under uvicorn, driven by wrk",
+            "Two servers at once on loopback, each `uvicorn --workers 3` serving a FastAPI"
+            " endpoint that borrows a connection from its worker's async pool (4"
+            " connections per worker), runs `SELECT %s::int + 1`, fetches the row and"
+            " answers JSON; they differ only in the pool. wrk (Debian package; 2 threads, 32"
+            f" connections) drives each for {web_seconds:g} s after a 1 s warm-up, the order"
+            f" alternating, {web_rounds} rounds; medians. On this 2-core machine the"
+            " servers, PostgreSQL and wrk share the CPUs: the row shows what the pool"
+            " changes in a web request's cost, not the machine's capacity.",
+            web.table(web.measure(dsn, web_rounds, web_seconds)),
+        ))  # fmt: skip
+        print("bench: memory", file=sys.stderr)
+        sections.append((
+            "Memory: the pool's own, per connection and per waiter",
+            memory.INTRO,
+            memory.table(memory.measure(dsn)),
         ))  # fmt: skip
         print("bench: connect per request", file=sys.stderr)
         sections.append((
