@@ -254,8 +254,8 @@ def vs_raw_table(results: Results) -> str:
     lines = [
         "| threads = pool size | library | measure | median qps | vs raw (median of in-round"
         " ratios) | slowest worker's share | query p99 (ms) | p99 vs raw | query max (ms)"
-        " | max vs raw |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        " | max vs raw | CPU µs / query | context switches / query |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for threads, by_lib in results.items():
         raw = by_lib[RAW]
@@ -271,7 +271,9 @@ def vs_raw_table(results: Results) -> str:
                     f" | {statistics.median(m.slowest_share for m in runs):.2f}"
                     f" | {statistics.median(m.percentile(0.99) for m in runs) * 1e3:.3f}"
                     f" | {p99:.2f}"
-                    f" | {statistics.median(m.max_sample for m in runs) * 1e3:.2f} | {mx:.2f} |"
+                    f" | {statistics.median(m.max_sample for m in runs) * 1e3:.2f} | {mx:.2f}"
+                    f" | {statistics.median(m.cpu_us_per_op for m in runs):.1f}"
+                    f" | {statistics.median(m.switches_per_op for m in runs):.2f} |"
                 )
     return "\n".join(lines) + _notes(results, "threads", RAW)
 
@@ -280,8 +282,8 @@ def contention_table(results: Results) -> str:
     lines = [
         "| workers | library | measure | median qps | vs psycopg_pool (median of in-round"
         " ratios) | slowest worker's share | wait p50 (ms) | wait p99 (ms) | max wait (ms)"
-        " | Jain fairness |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        " | Jain fairness | CPU µs / query | context switches / query |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row, by_lib in results.items():
         base = by_lib[BASELINE]
@@ -301,7 +303,9 @@ def contention_table(results: Results) -> str:
                     f" | {med(lambda m: m.slowest_share):.2f}"
                     f" | {med(lambda m: m.percentile(0.5)) * 1e3:.2f}"
                     f" | {med(lambda m: m.percentile(0.99)) * 1e3:.2f}"
-                    f" | {med(lambda m: m.max_sample) * 1e3:.1f} | {fair_cell} |"
+                    f" | {med(lambda m: m.max_sample) * 1e3:.1f} | {fair_cell}"
+                    f" | {med(lambda m: m.cpu_us_per_op):.1f}"
+                    f" | {med(lambda m: m.switches_per_op):.2f} |"
                 )
     return "\n".join(lines) + _notes(results, "", BASELINE)
 
