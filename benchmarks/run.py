@@ -22,7 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import checkout, connect, memory, metrics_cost, throughput, web  # noqa: E402
+from benchmarks import (  # noqa: E402
+    checkout,
+    connect,
+    memory,
+    metrics_cost,
+    profile,
+    throughput,
+    web,
+)
 from poolwatch.embedded import create_cluster  # noqa: E402
 
 
@@ -76,6 +84,13 @@ def main() -> int:
                     dsn, 3 if quick else 7, raw_seconds, (1, 4, 16, 64)
                 )
             ),
+        ))  # fmt: skip
+        print("bench: where the time goes", file=sys.stderr)
+        sections.append((
+            "Where a query's time goes (profile, T threads on a pool of T)",
+            profile.__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
+            + f" {4_000 if not quick else 1_000} queries per library and T, median of 3.",
+            profile.table(profile.measure(dsn, (1, 16, 64), 1_000 if quick else 4_000)),
         ))  # fmt: skip
         print("bench: contention", file=sys.stderr)
         seconds = 0.5 if quick else 2.0
