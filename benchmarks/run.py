@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import (  # noqa: E402
     checkout,
     connect,
+    goals,
     memory,
     metrics_cost,
     profile,
@@ -43,6 +44,7 @@ def main() -> int:
     quick = args.quick
     rounds = 3 if quick else 9
     started = time.monotonic()
+    load_before = os.getloadavg()
 
     cluster = None
     if args.dsn is None:
@@ -61,7 +63,7 @@ def main() -> int:
             " differ in what exports them, read between rounds as a scrape would. The async"
             " poolwatch row has the same aggregates. asyncpg resets the session on release"
             " (a round trip) by default. psycopg2 has no `with` form.",
-            checkout.table(checkout.measure(dsn, rounds, ops)),
+            checkout.table(checkout_results := checkout.measure(dsn, rounds, ops)),
         ))  # fmt: skip
         print("bench: SELECT 1 against raw connections", file=sys.stderr)
         raw_seconds = 0.5 if quick else 1.5
@@ -80,7 +82,7 @@ def main() -> int:
             " ≥ 0.95 of raw for T = 1, 4, 16 and ≥ 0.90 for T = 64, in both measures; p99"
             " and max latency within 1.2 x raw's.",
             throughput.vs_raw_table(
-                throughput.vs_raw(
+                raw_results := throughput.vs_raw(
                     dsn, 3 if quick else 7, raw_seconds, (1, 4, 16, 64)
                 )
             ),
@@ -104,7 +106,9 @@ def main() -> int:
             " 1.25 x psycopg_pool in both measures with p99 wait no worse; 16 and 64"
             " threads at least as good as the previous run (8,278 and 7,037 qps, p99 wait"
             " 2.81 and 13.77 ms), Jain ≥ 0.99.",
-            throughput.contention_table(throughput.contention(dsn, 3 if quick else 5, seconds)),
+            throughput.contention_table(
+                contention_results := throughput.contention(dsn, 3 if quick else 5, seconds)
+            ),
         ))  # fmt: skip
         print("bench: web load", file=sys.stderr)
         web_rounds, web_seconds = (2, 2.0) if quick else (5, 5.0)
@@ -159,13 +163,27 @@ def main() -> int:
             cluster.destroy()
 
     minutes = (time.monotonic() - started) / 60
+    load_after = os.getloadavg()
     header = (
         "# Benchmark results\n\n"
-        f"Command: `./scripts/bench{' --quick' if quick else ''}`, one run of {minutes:.1f} min."
+        f"Command: `./scripts/bench{' --quick' if quick else ''}`, one run of {minutes:.1f} min,"
+        f" started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(time.time() - minutes * 60))}."
         f" Python {platform.python_version()}, {os.cpu_count()} CPUs, PostgreSQL started by"
         " the run on 127.0.0.1 (TCP, SCRAM). The machine is a shared 2-core VM: single runs"
-        " move by 10-50%, so read medians and in-round ratios, and the spread columns.\n"
+        " move by 10-50%, so read medians and in-round ratios, and the spread columns."
+        " Load average (1, 5, 15 min) at the start:"
+        f" {', '.join(f'{x:.2f}' for x in load_before)}; at the end:"
+        f" {', '.join(f'{x:.2f}' for x in load_after)}.\n"
     )
+    sections.insert(0, (
+        "Goals (issue 17) at a glance",
+        "Judged from the tables below, all from this one run. \"Before\" is the previous"
+        " published run; comparisons with it go by the ratio to psycopg_pool measured in"
+        " the same rounds, which the machine's load mostly cancels. Where a goal is"
+        " missed, the profile section and the CPU and context-switch columns show where"
+        " the time goes.",
+        goals.table(checkout_results, raw_results, contention_results),
+    ))  # fmt: skip
     body = "\n".join(f"\n## {title}\n\n{intro}\n\n{table}\n" for title, intro, table in sections)
     text = header + body
     args.out.write_text(text)
