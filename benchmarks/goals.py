@@ -46,12 +46,12 @@ def table(checkout: dict[str, dict[str, list[float]]], raw: Results, contention:
         p99 = max(_ratio(pw[m], base[m], "p99") for m in MEASURES)
         mx = max(_ratio(pw[m], base[m], "max") for m in MEASURES)
         rows.append((
-            f"{threads} threads on a pool of {threads}: ≥ {goal:.2f} of raw, both measures",
+            f"T = {threads} threads on a pool of T: ≥ {goal:.2f} of raw, both measures",
             f"{ratios[DURATION]:.3f} (fixed duration), {ratios[MEASURES[1]]:.3f} (fixed work)",
             _verdict(min(ratios.values()) >= goal),
         ))  # fmt: skip
         rows.append((
-            f"{threads} threads: query p99 and max latency ≤ 1.2 x raw's",
+            f"T = {threads}: query p99 and max latency ≤ 1.2 x raw's",
             f"p99 {p99:.2f} x, max {mx:.2f} x (the worse of the two measures)",
             _verdict(p99 <= 1.2 and mx <= 1.2),
         ))  # fmt: skip

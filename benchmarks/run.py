@@ -28,7 +28,7 @@ from benchmarks import (  # noqa: E402
     goals,
     memory,
     metrics_cost,
-    profile,
+    query_profile,
     throughput,
     web,
 )
@@ -90,9 +90,9 @@ def main() -> int:
         print("bench: where the time goes", file=sys.stderr)
         sections.append((
             "Where a query's time goes (profile, T threads on a pool of T)",
-            profile.__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
+            query_profile.__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
             + f" {4_000 if not quick else 1_000} queries per library and T, median of 3.",
-            profile.table(profile.measure(dsn, (1, 16, 64), 1_000 if quick else 4_000)),
+            query_profile.table(query_profile.measure(dsn, (1, 16, 64), 1_000 if quick else 4_000)),
         ))  # fmt: skip
         print("bench: contention", file=sys.stderr)
         seconds = 0.5 if quick else 2.0

@@ -314,7 +314,7 @@ def _notes(results: Results, unit: str, reference: str) -> str:
     notes = []
     for row, by_lib in results.items():
         for lib, by_measure in by_lib.items():
-            label = f"{row} {unit}, {lib}" if unit else f"{row}, {lib}"
+            label = f"T = {row}, {lib}" if unit else f"{row}, {lib}"
             base = by_lib[reference] if lib != reference else None
             note = harness.disagreement_note(label, by_measure, base, DISAGREE)
             if note:
