@@ -26,6 +26,7 @@ from benchmarks import (  # noqa: E402
     checkout,
     connect,
     goals,
+    handoff,
     memory,
     metrics_cost,
     query_profile,
@@ -109,6 +110,13 @@ def main() -> int:
             throughput.contention_table(
                 contention_results := throughput.contention(dsn, 3 if quick else 5, seconds)
             ),
+        ))  # fmt: skip
+        print("bench: async hand-off", file=sys.stderr)
+        sections.append((
+            "The async waiter's wake-up path (64 tasks on a pool of 4, no query)",
+            handoff.__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
+            + f" {3 if quick else 7} rounds, the order alternating; medians.",
+            handoff.table(handoff.measure(dsn, 3 if quick else 7, 100 if quick else 300)),
         ))  # fmt: skip
         print("bench: web load", file=sys.stderr)
         web_rounds, web_seconds = (2, 2.0) if quick else (5, 5.0)
