@@ -22,7 +22,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import checkout, connect, insight_cost, metrics_cost, throughput  # noqa: E402
+from benchmarks import (  # noqa: E402
+    checkout,
+    connect,
+    goals,
+    handoff,
+    insight_cost,
+    memory,
+    metrics_cost,
+    query_profile,
+    throughput,
+    web,
+)
 from poolwatch.embedded import create_cluster  # noqa: E402
 
 INSIGHT_TITLE = "Insight on against off (checkout cost, µs per operation)"
@@ -43,11 +54,12 @@ def main() -> int:
     quick = args.quick
     rounds = 3 if quick else 9
     started = time.monotonic()
+    load_before = os.getloadavg()
 
     cluster = None
     if args.dsn is None:
         print("bench: starting a throwaway PostgreSQL cluster", file=sys.stderr)
-        cluster = create_cluster(max_connections=200)
+        cluster = create_cluster(max_connections=300)
     dsn = args.dsn or cluster.dsn()  # type: ignore[union-attr]
     sections: list[tuple[str, str, str]] = []
     try:
@@ -61,7 +73,7 @@ def main() -> int:
             " differ in what exports them, read between rounds as a scrape would. The async"
             " poolwatch row has the same aggregates. asyncpg resets the session on release"
             " (a round trip) by default. psycopg2 has no `with` form.",
-            checkout.table(checkout.measure(dsn, rounds, ops)),
+            checkout.table(checkout_results := checkout.measure(dsn, rounds, ops)),
         ))  # fmt: skip
         print("bench: insight on against off", file=sys.stderr)
         sections.append((
@@ -70,27 +82,76 @@ def main() -> int:
             insight_cost.table(insight_cost.measure(dsn, rounds, ops)),
         ))  # fmt: skip
         print("bench: SELECT 1 against raw connections", file=sys.stderr)
+        raw_seconds = 0.5 if quick else 1.5
         sections.append((
             "SELECT 1 throughput against raw connections",
             "T threads each running SELECT 1 on a pool of T, against T threads each holding"
-            " its own connection; all in autocommit (one round trip per query). Goal:"
-            " poolwatch ≥ 0.95 of raw.",
+            " its own connection; all in autocommit (one round trip per query). Each row is"
+            f" measured both ways in every one of {3 if quick else 7} rounds, libraries"
+            " interleaved and their order rotated: **fixed duration** (every thread runs"
+            f" for {raw_seconds:g} s; throughput = queries / elapsed; slowest worker's share ="
+            " its queries / the mean) and **fixed work** (every thread runs the same number"
+            " of queries, what raw connections do in that time; throughput = queries / time"
+            " until the last thread ends; slowest worker's share = mean finish time / last"
+            " finish time). Ratios are taken within each round, the table gives their"
+            " median. Latency = one query including the pool's checkout and return. Goals:"
+            " ≥ 0.95 of raw for T = 1, 4, 16 and ≥ 0.90 for T = 64, in both measures; p99"
+            " and max latency within 1.2 x raw's.",
             throughput.vs_raw_table(
-                throughput.vs_raw(dsn, 3 if quick else 7, 2_000 if quick else 8_000)
+                raw_results := throughput.vs_raw(
+                    dsn, 3 if quick else 7, raw_seconds, (1, 4, 16, 64)
+                )
             ),
         ))  # fmt: skip
+        print("bench: where the time goes", file=sys.stderr)
+        sections.append((
+            "Where a query's time goes (profile, T threads on a pool of T)",
+            query_profile.__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
+            + f" {4_000 if not quick else 1_000} queries per library and T, median of 3.",
+            query_profile.table(query_profile.measure(dsn, (1, 16, 64), 1_000 if quick else 4_000)),
+        ))  # fmt: skip
         print("bench: contention", file=sys.stderr)
-        seconds = 1.0 if quick else 3.0
+        seconds = 0.5 if quick else 2.0
         sections.append((
             "Contention and fairness",
-            f"Workers on a pool of 4 for {seconds:.0f} s per round, {3 if quick else 5}"
-            " rounds (medians). Wait = time to get a connection. Jain fairness of the"
-            " per-worker completions: 1.0 when every worker got an equal share. Goal:"
-            " poolwatch's throughput and p99 at least as good as psycopg_pool's, Jain ≥"
-            " 0.99, throughput ≥ SQLAlchemy's barging pool.",
+            f"Workers on a pool of 4, {3 if quick else 5} rounds, both measures in each"
+            f" round as above (fixed duration: {seconds:g} s; fixed work: what poolwatch"
+            " did in that time in a warm-up run, split evenly). Wait = time to get a"
+            " connection. Jain fairness of the per-worker completions in the fixed-duration"
+            " runs: 1.0 when every worker got an equal share. Goals: 64 asyncio tasks ≥"
+            " 1.25 x psycopg_pool in both measures with p99 wait no worse; 16 and 64"
+            " threads at least as good as the previous run (8,278 and 7,037 qps, p99 wait"
+            " 2.81 and 13.77 ms), Jain ≥ 0.99.",
             throughput.contention_table(
-                throughput.contention(dsn, 3 if quick else 5, seconds)
+                contention_results := throughput.contention(dsn, 3 if quick else 5, seconds)
             ),
+        ))  # fmt: skip
+        print("bench: async hand-off", file=sys.stderr)
+        sections.append((
+            "The async waiter's wake-up path (64 tasks on a pool of 4, no query)",
+            handoff.__doc__.split("\n\n", 1)[1].replace("\n", " ").strip()
+            + f" {3 if quick else 7} rounds, the order alternating; medians.",
+            handoff.table(handoff.measure(dsn, 3 if quick else 7, 100 if quick else 300)),
+        ))  # fmt: skip
+        print("bench: web load", file=sys.stderr)
+        web_rounds, web_seconds = (2, 2.0) if quick else (5, 5.0)
+        sections.append((
+            "Web load: FastAPI under uvicorn, driven by wrk",
+            "Two servers at once on loopback, each `uvicorn --workers 3` serving a FastAPI"
+            " endpoint that borrows a connection from its worker's async pool (4"
+            " connections per worker), runs `SELECT %s::int + 1`, fetches the row and"
+            " answers JSON; they differ only in the pool. wrk (Debian package; 2 threads, 32"
+            f" connections) drives each for {web_seconds:g} s after a 1 s warm-up, the order"
+            f" alternating, {web_rounds} rounds; medians. On this 2-core machine the"
+            " servers, PostgreSQL and wrk share the CPUs: the row shows what the pool"
+            " changes in a web request's cost, not the machine's capacity.",
+            web.table(web.measure(dsn, web_rounds, web_seconds)),
+        ))  # fmt: skip
+        print("bench: memory", file=sys.stderr)
+        sections.append((
+            "Memory: the pool's own, per connection and per waiter",
+            memory.INTRO,
+            memory.table(memory.measure(dsn)),
         ))  # fmt: skip
         print("bench: connect per request", file=sys.stderr)
         sections.append((
@@ -125,13 +186,27 @@ def main() -> int:
             cluster.destroy()
 
     minutes = (time.monotonic() - started) / 60
+    load_after = os.getloadavg()
     header = (
         "# Benchmark results\n\n"
-        f"Command: `./scripts/bench{' --quick' if quick else ''}`, one run of {minutes:.1f} min."
+        f"Command: `./scripts/bench{' --quick' if quick else ''}`, one run of {minutes:.1f} min,"
+        f" started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(time.time() - minutes * 60))}."
         f" Python {platform.python_version()}, {os.cpu_count()} CPUs, PostgreSQL started by"
         " the run on 127.0.0.1 (TCP, SCRAM). The machine is a shared 2-core VM: single runs"
-        " move by 10-50%, so read medians and in-round ratios, and the spread columns.\n"
+        " move by 10-50%, so read medians and in-round ratios, and the spread columns."
+        " Load average (1, 5, 15 min) at the start:"
+        f" {', '.join(f'{x:.2f}' for x in load_before)}; at the end:"
+        f" {', '.join(f'{x:.2f}' for x in load_after)}.\n"
     )
+    sections.insert(0, (
+        "Goals (issue 17) at a glance",
+        "Judged from the tables below, all from this one run. \"Before\" is the previous"
+        " published run; comparisons with it go by the ratio to psycopg_pool measured in"
+        " the same rounds, which the machine's load mostly cancels. Where a goal is"
+        " missed, the profile section and the CPU and context-switch columns show where"
+        " the time goes.",
+        goals.table(checkout_results, raw_results, contention_results),
+    ))  # fmt: skip
     body = "\n".join(f"\n## {title}\n\n{intro}\n\n{table}\n" for title, intro, table in sections)
     text = header + body
     args.out.write_text(text)

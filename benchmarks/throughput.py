@@ -1,19 +1,22 @@
 """SELECT 1 throughput against raw connections, and behaviour under contention.
 
+Every row is measured twice in each round, by fixed duration and by fixed work (see
+`harness`), with the libraries interleaved and their order rotated from round to
+round; ratios are taken within a round, then the median over rounds is reported.
+
 - T threads each running SELECT 1 on a pool of T, against T threads each holding a
   raw psycopg connection (the limit a pool can only approach). Every connection is
-  in autocommit mode, raw or pooled, so that each SELECT 1 is one round trip.
+  in autocommit mode, raw or pooled, so that each SELECT 1 is one round trip. The
+  sample is each query's latency, pool checkout included.
 - 16 and 64 threads (and 64 asyncio tasks) on a pool of 4: throughput, the wait for
   a connection (p50, p99, max) and fairness, the Jain index of per-worker completions
-  (1.0: every worker got the same share; 1/n: one worker did everything).
+  in the fixed-duration runs (1.0: every worker got the same share).
 """
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,200 +26,215 @@ import psycopg_pool
 
 import poolwatch
 
+from . import harness
+from .harness import DURATION, MEASURES, Measure, SyncOp
 from .peers import AsyncPeer, PsycopgStyle, SQLAlchemyPeer, SyncPeer, async_peers, new_loop
 
 SQL = "SELECT 1"
 AUTOCOMMIT = {"autocommit": True}
+RAW = "raw connections"
+BASELINE = "psycopg_pool 3.3"
+DISAGREE = 0.20  # two measures further apart than this get an explanation
 
-
-def jain(values: list[float]) -> float:
-    total = sum(values)
-    squares = sum(v * v for v in values)
-    return total * total / (len(values) * squares) if squares else 1.0
+#: row -> library -> measure -> one Measure per round
+Results = dict[str, dict[str, dict[str, list[Measure]]]]
 
 
 def _threads(n: int, work: Callable[[int], None]) -> float:
-    """Run work(i) on n threads started together; seconds until the last one ends."""
-    barrier = threading.Barrier(n + 1)
+    """Run work(i) once on each of n threads started together; seconds until all end."""
 
-    def body(i: int) -> None:
-        barrier.wait()
-        work(i)
+    def make(i: int) -> SyncOp:
+        def once() -> float:
+            work(i)
+            return 0.0
 
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - t0
+        return once
+
+    return harness.threads_work(n, make, 1).seconds
 
 
-def raw_qps(dsn: str, threads: int, ops: int) -> float:
-    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(threads)]
-    try:
+def _query_op(peer: SyncPeer | None, conns: list[Any]) -> Callable[[int], SyncOp]:
+    clock = time.perf_counter
+    if peer is None:
 
-        def work(i: int) -> None:
+        def make_raw(i: int) -> SyncOp:
             execute = conns[i].execute
-            for _ in range(ops):
+
+            def op() -> float:
+                t0 = clock()
                 execute(SQL)
+                return clock() - t0
 
-        return threads * ops / _threads(threads, work)
-    finally:
-        for c in conns:
-            c.close()
+            return op
+
+        return make_raw
+    connection = peer.pool.connection
+
+    def make_pooled(i: int) -> SyncOp:
+        def op() -> float:
+            t0 = clock()
+            with connection() as conn:
+                conn.execute(SQL)
+            return clock() - t0
+
+        return op
+
+    return make_pooled
 
 
-def pool_qps(peer: SyncPeer, threads: int, ops: int) -> float:
-    run = peer.run
+def _interleave(
+    names: list[str],
+    rounds: int,
+    run: Callable[[str, str], Measure],
+    out: dict[str, dict[str, list[Measure]]],
+) -> None:
+    """Each round: every library by both measures, the order rotated each round."""
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for measure in MEASURES:
+            for name in order:
+                m = run(name, measure)
+                out.setdefault(name, {}).setdefault(measure, []).append(m)
 
-    def work(i: int) -> None:
-        for _ in range(ops):
-            run(SQL)
 
-    return threads * ops / _threads(threads, work)
-
-
-def vs_raw(dsn: str, rounds: int, total_ops: int) -> dict[int, dict[str, list[float]]]:
-    """threads -> library -> qps per round."""
-    out: dict[int, dict[str, list[float]]] = {}
-    for threads in (1, 4, 16):
-        ops = max(50, total_ops // threads)
-        peers = [
-            PsycopgStyle("poolwatch", poolwatch, dsn, threads, kwargs=AUTOCOMMIT),
-            PsycopgStyle("psycopg_pool 3.3", psycopg_pool, dsn, threads, kwargs=AUTOCOMMIT),
-        ]
+def vs_raw(dsn: str, rounds: int, seconds: float, sizes: tuple[int, ...]) -> Results:
+    out: Results = {}
+    for threads in sizes:
+        conns = [psycopg.connect(dsn, autocommit=True) for _ in range(threads)]
+        peers: dict[str, SyncPeer | None] = {RAW: None}
         try:
-            for _ in range(rounds):
-                out.setdefault(threads, {}).setdefault("raw connections", []).append(
-                    raw_qps(dsn, threads, ops)
-                )
-                for peer in peers:
-                    out[threads].setdefault(peer.name, []).append(pool_qps(peer, threads, ops))
+            for name, module in (("poolwatch", poolwatch), (BASELINE, psycopg_pool)):
+                peers[name] = PsycopgStyle(name, module, dsn, threads, kwargs=AUTOCOMMIT)
+            makers = {name: _query_op(peer, conns) for name, peer in peers.items()}
+            # The fixed work: what raw connections do in *seconds*, split evenly.
+            warm = harness.threads_for(threads, makers[RAW], seconds)
+            ops = max(20, int(warm.qps * seconds) // threads)
+
+            def run(
+                name: str, measure: str, n: int = threads, ops: int = ops, makers: Any = makers
+            ) -> Measure:
+                if measure == DURATION:
+                    return harness.threads_for(n, makers[name], seconds)
+                return harness.threads_work(n, makers[name], ops)
+
+            _interleave(list(peers), rounds, run, out.setdefault(f"{threads}", {}))
             print(f"  vs raw: {threads} threads done", file=sys.stderr, flush=True)
         finally:
-            for peer in peers:
-                peer.close()
+            for peer in peers.values():
+                if peer is not None:
+                    peer.close()
+            for c in conns:
+                c.close()
     return out
 
 
-class Contention:
-    """Per-worker completions and every wait for a connection, over a fixed time."""
-
-    def __init__(self, workers: int) -> None:
-        self.done = [0] * workers
-        self.waits: list[float] = []
-
-    def summary(self, seconds: float) -> dict[str, float]:
-        waits = sorted(self.waits)
-        return {
-            "qps": sum(self.done) / seconds,
-            "p50_ms": waits[len(waits) // 2] * 1e3,
-            "p99_ms": waits[int(len(waits) * 0.99)] * 1e3,
-            "max_ms": waits[-1] * 1e3,
-            "jain": jain([float(d) for d in self.done]),
-        }
-
-
-def _borrow_sync(peer: SyncPeer) -> Callable[[], Any]:
+def _wait_op(peer: SyncPeer) -> Callable[[int], SyncOp]:
+    clock = time.perf_counter
     if isinstance(peer, SQLAlchemyPeer):
-        return lambda: peer.pool.connect()
-    return lambda: peer.pool.getconn()
+        connect = peer.pool.connect
 
+        def make_sqla(i: int) -> SyncOp:
+            def op() -> float:
+                t0 = clock()
+                conn = connect()
+                wait = clock() - t0
+                try:
+                    conn.cursor().execute(SQL)
+                finally:
+                    conn.close()
+                return wait
 
-def _return_sync(peer: SyncPeer, conn: Any) -> None:
-    if isinstance(peer, SQLAlchemyPeer):
-        conn.close()
-    else:
-        peer.pool.putconn(conn)
+            return op
 
+        return make_sqla
+    getconn, putconn = peer.pool.getconn, peer.pool.putconn
 
-def contended_threads(peer: SyncPeer, workers: int, seconds: float) -> dict[str, float]:
-    stats = Contention(workers)
-    stop = time.perf_counter() + seconds
-    lock = threading.Lock()
-    borrow = _borrow_sync(peer)
-
-    def work(i: int) -> None:
-        waits: list[float] = []
-        while time.perf_counter() < stop:
-            t0 = time.perf_counter()
-            conn = borrow()
-            waits.append(time.perf_counter() - t0)
+    def make(i: int) -> SyncOp:
+        def op() -> float:
+            t0 = clock()
+            conn = getconn()
+            wait = clock() - t0
             try:
-                conn.cursor().execute(SQL)
+                conn.execute(SQL)
             finally:
-                _return_sync(peer, conn)
-            stats.done[i] += 1
-        with lock:
-            stats.waits.extend(waits)
+                putconn(conn)
+            return wait
 
-    elapsed = _threads(workers, work)
-    return stats.summary(elapsed)
+        return op
+
+    return make
 
 
-async def contended_tasks(peer: AsyncPeer, workers: int, seconds: float) -> dict[str, float]:
-    stats = Contention(workers)
-    loop = asyncio.get_running_loop()
-    stop = loop.time() + seconds
-    asyncpg = peer.name.startswith("asyncpg")
+def _async_wait_op(peer: AsyncPeer) -> Callable[[], Any]:
+    clock = time.perf_counter
+    if peer.name.startswith("asyncpg"):
+        acquire, release = peer.pool.acquire, peer.pool.release
 
-    async def work(i: int) -> None:
-        while loop.time() < stop:
-            t0 = time.perf_counter()
-            if asyncpg:
-                conn = await peer.pool.acquire()
-            else:
-                conn = await peer.pool.getconn()
-            stats.waits.append(time.perf_counter() - t0)
+        async def op_asyncpg() -> float:
+            t0 = clock()
+            conn = await acquire()
+            wait = clock() - t0
             try:
-                if asyncpg:
-                    await conn.fetchval(SQL)
-                else:
-                    await conn.execute(SQL)
+                await conn.fetchval(SQL)
             finally:
-                if asyncpg:
-                    await peer.pool.release(conn)
-                else:
-                    await peer.pool.putconn(conn)
-            stats.done[i] += 1
+                await release(conn)
+            return wait
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(work(i) for i in range(workers)))
-    return stats.summary(time.perf_counter() - t0)
+        return op_asyncpg
+    getconn, putconn = peer.pool.getconn, peer.pool.putconn
+
+    async def op() -> float:
+        t0 = clock()
+        conn = await getconn()
+        wait = clock() - t0
+        try:
+            await conn.execute(SQL)
+        finally:
+            await putconn(conn)
+        return wait
+
+    return op
 
 
-def contention(
-    dsn: str, rounds: int, seconds: float
-) -> dict[str, dict[str, list[dict[str, float]]]]:
-    """shape -> library -> one summary per round."""
-    out: dict[str, dict[str, list[dict[str, float]]]] = {}
+def contention(dsn: str, rounds: int, seconds: float) -> Results:
+    out: Results = {}
     peers: list[SyncPeer] = [
         PsycopgStyle("poolwatch", poolwatch, dsn, 4, kwargs=AUTOCOMMIT),
-        PsycopgStyle("psycopg_pool 3.3", psycopg_pool, dsn, 4, kwargs=AUTOCOMMIT),
+        PsycopgStyle(BASELINE, psycopg_pool, dsn, 4, kwargs=AUTOCOMMIT),
         SQLAlchemyPeer(dsn, 4, autocommit=True),
     ]
     try:
+        makers = {p.name: _wait_op(p) for p in peers}
         for workers in (16, 64):
-            shape = f"{workers} threads, pool of 4"
-            for _ in range(rounds):
-                for peer in peers:
-                    summary = contended_threads(peer, workers, seconds)
-                    out.setdefault(shape, {}).setdefault(peer.name, []).append(summary)
-            print(f"  contention: {shape} done", file=sys.stderr, flush=True)
+            warm = harness.threads_for(workers, makers["poolwatch"], seconds)
+            ops = max(20, int(warm.qps * seconds) // workers)
+
+            def run(name: str, measure: str, workers: int = workers, ops: int = ops) -> Measure:
+                if measure == DURATION:
+                    return harness.threads_for(workers, makers[name], seconds)
+                return harness.threads_work(workers, makers[name], ops)
+
+            row = f"{workers} threads, pool of 4"
+            _interleave(list(makers), rounds, run, out.setdefault(row, {}))
+            print(f"  contention: {row} done", file=sys.stderr, flush=True)
     finally:
         for peer in peers:
             peer.close()
     loop = new_loop()
     apeers = loop.run_until_complete(async_peers(dsn, 4, kwargs=AUTOCOMMIT))
     try:
-        shape = "64 asyncio tasks, pool of 4"
-        for _ in range(rounds):
-            for ap in apeers:
-                summary = loop.run_until_complete(contended_tasks(ap, 64, seconds))
-                out.setdefault(shape, {}).setdefault(ap.name, []).append(summary)
-        print(f"  contention: {shape} done", file=sys.stderr, flush=True)
+        aops = {ap.name: _async_wait_op(ap) for ap in apeers}
+        warm = loop.run_until_complete(harness.tasks_for(64, aops["poolwatch"], seconds))
+        ops = max(20, int(warm.qps * seconds) // 64)
+
+        def arun(name: str, measure: str) -> Measure:
+            if measure == DURATION:
+                return loop.run_until_complete(harness.tasks_for(64, aops[name], seconds))
+            return loop.run_until_complete(harness.tasks_work(64, aops[name], ops))
+
+        row = "64 asyncio tasks, pool of 4"
+        _interleave(list(aops), rounds, arun, out.setdefault(row, {}))
+        print(f"  contention: {row} done", file=sys.stderr, flush=True)
     finally:
         for ap in apeers:
             loop.run_until_complete(ap.close())
@@ -224,37 +242,88 @@ def contention(
     return out
 
 
-def vs_raw_table(results: dict[int, dict[str, list[float]]]) -> str:
+def _ratios(runs: list[Measure], base: list[Measure], key: Callable[[Measure], float]) -> float:
+    return statistics.median(key(m) / key(b) for m, b in zip(runs, base))
+
+
+def _qps(m: Measure) -> float:
+    return m.qps
+
+
+def vs_raw_table(results: Results) -> str:
     lines = [
-        "| threads = pool size | library | median qps | vs raw (median of per-round ratios)"
-        " | spread (max/min) |",
-        "|---:|---|---:|---:|---:|",
+        "| threads = pool size | library | measure | median qps | vs raw (median of in-round"
+        " ratios) | slowest worker's share | query p99 (ms) | p99 vs raw | query max (ms)"
+        " | max vs raw | CPU µs / query | context switches / query |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for threads, by_lib in results.items():
-        raw = by_lib["raw connections"]
-        for lib, values in by_lib.items():
-            ratios = [v / r for v, r in zip(values, raw)]
-            lines.append(
-                f"| {threads} | {lib} | {statistics.median(values):,.0f}"
-                f" | {statistics.median(ratios):.3f} | {max(values) / min(values):.2f} |"
-            )
-    return "\n".join(lines)
+        raw = by_lib[RAW]
+        for lib, by_measure in by_lib.items():
+            for measure in MEASURES:
+                runs = by_measure[measure]
+                p99 = _ratios(runs, raw[measure], lambda m: m.percentile(0.99))
+                mx = _ratios(runs, raw[measure], lambda m: m.max_sample)
+                lines.append(
+                    f"| {threads} | {lib} | {measure}"
+                    f" | {statistics.median(m.qps for m in runs):,.0f}"
+                    f" | {_ratios(runs, raw[measure], _qps):.3f}"
+                    f" | {statistics.median(m.slowest_share for m in runs):.2f}"
+                    f" | {statistics.median(m.percentile(0.99) for m in runs) * 1e3:.3f}"
+                    f" | {p99:.2f}"
+                    f" | {statistics.median(m.max_sample for m in runs) * 1e3:.2f} | {mx:.2f}"
+                    f" | {statistics.median(m.cpu_us_per_op for m in runs):.1f}"
+                    f" | {statistics.median(m.switches_per_op for m in runs):.2f} |"
+                )
+    return "\n".join(lines) + _notes(results, "threads", RAW)
 
 
-def contention_table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
+def contention_table(results: Results) -> str:
     lines = [
-        "| workers | library | qps | wait p50 (ms) | wait p99 (ms) | max wait (ms)"
-        " | Jain fairness |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| workers | library | measure | median qps | vs psycopg_pool (median of in-round"
+        " ratios) | slowest worker's share | wait p50 (ms) | wait p99 (ms) | max wait (ms)"
+        " | Jain fairness | CPU µs / query | context switches / query |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for shape, by_lib in results.items():
-        for lib, runs in by_lib.items():
+    for row, by_lib in results.items():
+        base = by_lib[BASELINE]
+        for lib, by_measure in by_lib.items():
+            for measure in MEASURES:
+                runs = by_measure[measure]
 
-            def med(key: str, runs: list[dict[str, float]] = runs) -> float:
-                return statistics.median(r[key] for r in runs)
+                def med(key: Callable[[Measure], float], runs: list[Measure] = runs) -> float:
+                    return statistics.median(key(m) for m in runs)
 
-            lines.append(
-                f"| {shape} | {lib} | {med('qps'):,.0f} | {med('p50_ms'):.2f}"
-                f" | {med('p99_ms'):.2f} | {med('max_ms'):.1f} | {med('jain'):.3f} |"
-            )
-    return "\n".join(lines)
+                fair = med(lambda m: harness.jain([float(c) for c in m.per_worker]))
+                # In fixed-work runs every worker does the same count: Jain is 1 by design.
+                fair_cell = f"{fair:.3f}" if measure == DURATION else "(equal by design)"
+                lines.append(
+                    f"| {row} | {lib} | {measure} | {med(_qps):,.0f}"
+                    f" | {_ratios(runs, base[measure], _qps):.3f}"
+                    f" | {med(lambda m: m.slowest_share):.2f}"
+                    f" | {med(lambda m: m.percentile(0.5)) * 1e3:.2f}"
+                    f" | {med(lambda m: m.percentile(0.99)) * 1e3:.2f}"
+                    f" | {med(lambda m: m.max_sample) * 1e3:.1f} | {fair_cell}"
+                    f" | {med(lambda m: m.cpu_us_per_op):.1f}"
+                    f" | {med(lambda m: m.switches_per_op):.2f} |"
+                )
+    return "\n".join(lines) + _notes(results, "", BASELINE)
+
+
+def _notes(results: Results, unit: str, reference: str) -> str:
+    notes = []
+    for row, by_lib in results.items():
+        for lib, by_measure in by_lib.items():
+            label = f"T = {row}, {lib}" if unit else f"{row}, {lib}"
+            base = by_lib[reference] if lib != reference else None
+            note = harness.disagreement_note(label, by_measure, base, DISAGREE)
+            if note:
+                notes.append(f"- {note}")
+    if not notes:
+        return (
+            f"\n\nThe two measures agree within {DISAGREE:.0%} in every row (median throughputs)."
+        )
+    head = (
+        f"\n\nWhere the two measures disagree by more than {DISAGREE:.0%} (median throughputs):\n\n"
+    )
+    return head + "\n".join(notes)

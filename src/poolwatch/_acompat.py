@@ -7,11 +7,13 @@ pool's code is written once, against the async names.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
+from heapq import heapify, heappop, heappush
 from inspect import isawaitable
 from typing import Any, TypeAlias, TypeVar
 
@@ -280,9 +282,101 @@ class AWaiter:
         return True
 
     async def wait(self, timeout: float) -> None:
-        """Return when settled or after *timeout*; the caller then settles under the lock."""
-        if not self._fut.done():
-            await asyncio.wait((self._fut,), timeout=max(0.0, timeout))
+        """Return when settled or after *timeout*; the caller then settles under the lock.
+
+        The task awaits the waiter's own future, which its loop's `_Deadlines` resolves
+        at the deadline. `asyncio.wait` would do the same with a second future, a done
+        callback, a set and a timer per call: on a busy pool most requests come through
+        here, and that wrapping cost more than the hand-off itself. A cancellation of the
+        task cancels the future: `_wake_here` then leaves it alone, and the caller's
+        `abandon()` decides, under the pool lock, whether a connection came first.
+        """
+        fut = self._fut
+        if fut.done():
+            return
+        deadlines = _deadlines_of(self._loop)
+        deadlines.add(self._loop.time() + max(0.0, timeout), fut)
+        try:
+            await fut
+        finally:
+            deadlines.live -= 1
+
+
+class _Deadlines:
+    """Every waiter's deadline on one event loop, behind a single timer.
+
+    A timer per waiter (`call_later`) costs a handle, a push on the loop's heap of
+    handles (compared in Python) and a cancellation: on a busy pool that was a
+    quarter of a hand-off. Here deadlines go on a heap of plain tuples (compared in
+    C) and one loop timer stays armed for the earliest. A waiter woken or cancelled
+    before its deadline stays on the heap, done, until it comes up or the heap is
+    compacted (when it holds over twice the waits still going on).
+
+    Only the loop's own thread touches an instance: `AWaiter.wait` runs in the
+    waiter's loop and the timer fires there, so no lock is needed.
+    """
+
+    __slots__ = ("_armed_at", "_heap", "_loop", "_order", "_timer", "live")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()  # ties on a deadline: first come, first out
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = float("inf")
+        self.live = 0  # waits going on (added, not yet ended)
+
+    def add(self, deadline: float, fut: asyncio.Future[None]) -> None:
+        heap = self._heap
+        if len(heap) > 2 * self.live + 64:
+            heap[:] = [entry for entry in heap if not entry[2].done()]
+            heapify(heap)
+        heappush(heap, (deadline, next(self._order), fut))
+        self.live += 1
+        if deadline < self._armed_at:
+            self._arm(deadline)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_at = when
+        self._timer = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._armed_at = float("inf")
+        heap, now = self._heap, self._loop.time()
+        while heap and (heap[0][0] <= now or heap[0][2].done()):
+            _resolve(heappop(heap)[2])
+        if heap:
+            # asyncio may run a timer a clock tick early: the next one is then re-armed
+            # at the same deadline, and fires once the loop's clock has reached it.
+            self._arm(heap[0][0])
+
+
+_DEADLINES_ATTR = "_poolwatch_deadlines"
+
+
+def _deadlines_of(loop: asyncio.AbstractEventLoop) -> _Deadlines:
+    """The loop's `_Deadlines`, kept on the loop itself so that it lives and dies with it.
+
+    (A registry keyed by loop would keep every loop alive: its timer handle refers to
+    the loop.) A loop that takes no attributes gets a fresh instance per wait, which
+    is one timer per waiter again: correct, only not cheaper.
+    """
+    found: _Deadlines | None = getattr(loop, _DEADLINES_ATTR, None)
+    if found is None:
+        # Only this loop's thread gets here for this loop: no other thread races for it.
+        found = _Deadlines(loop)
+        with suppress(AttributeError):
+            setattr(loop, _DEADLINES_ATTR, found)
+    return found
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    """End a waiter's wait at its deadline (it may have been woken or cancelled already)."""
+    if not fut.done():
+        fut.set_result(None)
 
 
 class Waiter:

@@ -1,0 +1,92 @@
+"""Issue 17's goals, judged from the results of the same run.
+
+Comparisons with "today" use the previous published run (the figures below), and
+judge by the ratio to psycopg_pool measured in the same rounds, which the machine's
+load mostly cancels; the absolute figures are shown beside it.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from .harness import DURATION, MEASURES, Measure, jain
+from .throughput import BASELINE, RAW, Results
+
+#: the previous run (benchmarks/RESULTS.md before issue 17): µs, and ratio to psycopg_pool
+CHECKOUT_BEFORE = {
+    "sync getconn+putconn": ("poolwatch + Prometheus + OTel", 1.22, 0.40),
+    "sync connection()": ("poolwatch + Prometheus + OTel", 1.88, 0.28),
+    "async getconn+putconn": ("poolwatch", 1.47, 0.26),
+    "async connection()": ("poolwatch", 2.65, 0.25),
+}
+#: 16 and 64 threads on a pool of 4, fixed duration: qps, p99 wait ms, qps and p99 vs psycopg_pool
+CONTENTION_BEFORE = {
+    "16 threads, pool of 4": (8278, 2.81, 8278 / 6520, 2.81 / 3.78),
+    "64 threads, pool of 4": (7037, 13.77, 7037 / 5943, 13.77 / 15.25),
+}
+
+
+def _ratio(runs: list[Measure], base: list[Measure], key: str = "qps") -> float:
+    def value(m: Measure) -> float:
+        return m.qps if key == "qps" else m.percentile(0.99) if key == "p99" else m.max_sample
+
+    return statistics.median(value(m) / value(b) for m, b in zip(runs, base))
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def table(checkout: dict[str, dict[str, list[float]]], raw: Results, contention: Results) -> str:
+    rows: list[tuple[str, str, str]] = []
+    for threads, by_lib in raw.items():
+        goal = 0.90 if int(threads) >= 64 else 0.95
+        pw, base = by_lib["poolwatch"], by_lib[RAW]
+        ratios = {m: _ratio(pw[m], base[m]) for m in MEASURES}
+        p99 = max(_ratio(pw[m], base[m], "p99") for m in MEASURES)
+        mx = max(_ratio(pw[m], base[m], "max") for m in MEASURES)
+        rows.append((
+            f"T = {threads} threads on a pool of T: ≥ {goal:.2f} of raw, both measures",
+            f"{ratios[DURATION]:.3f} (fixed duration), {ratios[MEASURES[1]]:.3f} (fixed work)",
+            _verdict(min(ratios.values()) >= goal),
+        ))  # fmt: skip
+        rows.append((
+            f"T = {threads}: query p99 and max latency ≤ 1.2 x raw's",
+            f"p99 {p99:.2f} x, max {mx:.2f} x (the worse of the two measures)",
+            _verdict(p99 <= 1.2 and mx <= 1.2),
+        ))  # fmt: skip
+    row = "64 asyncio tasks, pool of 4"
+    pw, base = contention[row]["poolwatch"], contention[row][BASELINE]
+    ratios = {m: _ratio(pw[m], base[m]) for m in MEASURES}
+    p99 = max(_ratio(pw[m], base[m], "p99") for m in MEASURES)
+    rows.append((
+        "64 asyncio tasks on a pool of 4: ≥ 1.25 x psycopg_pool, both measures; p99 wait no worse",
+        f"{ratios[DURATION]:.3f} x and {ratios[MEASURES[1]]:.3f} x; p99 wait {p99:.2f} x",
+        _verdict(min(ratios.values()) >= 1.25 and p99 <= 1.0),
+    ))  # fmt: skip
+    for row, (qps_before, p99_before, ratio_before, p99_ratio_before) in CONTENTION_BEFORE.items():
+        pw, base = contention[row]["poolwatch"][DURATION], contention[row][BASELINE][DURATION]
+        qps = statistics.median(m.qps for m in pw)
+        p99 = statistics.median(m.percentile(0.99) for m in pw) * 1e3
+        ratio, p99_ratio = _ratio(pw, base), _ratio(pw, base, "p99")
+        fair = statistics.median(jain([float(c) for c in m.per_worker]) for m in pw)
+        rows.append((
+            f"{row}: throughput and p99 wait no worse than before, Jain ≥ 0.99",
+            f"{qps:,.0f} qps ({ratio:.2f} x psycopg_pool; before {qps_before:,} qps,"
+            f" {ratio_before:.2f} x), p99 wait {p99:.2f} ms ({p99_ratio:.2f} x; before"
+            f" {p99_before} ms, {p99_ratio_before:.2f} x), Jain {fair:.3f}",
+            _verdict(ratio >= ratio_before and p99_ratio <= p99_ratio_before and fair >= 0.99),
+        ))  # fmt: skip
+    for case, (lib, us_before, ratio_before) in CHECKOUT_BEFORE.items():
+        values, base_values = checkout[case][lib], checkout[case][BASELINE]
+        us = statistics.median(values)
+        ratio = us / statistics.median(base_values)
+        rows.append((
+            f"checkout, {case}: no worse than before",
+            f"{us:.2f} µs, {ratio:.2f} x psycopg_pool"
+            f" (before {us_before} µs, {ratio_before:.2f} x)",
+            _verdict(ratio <= ratio_before),
+        ))  # fmt: skip
+    lines = ["| goal | this run | verdict |", "|---|---|---|"]
+    lines += [f"| {g} | {m} | {v} |" for g, m, v in rows]
+    return "\n".join(lines)
