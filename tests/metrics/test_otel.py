@@ -18,6 +18,7 @@ from poolwatch.observe import ACQUIRE_BUCKETS
 pytestmark = pytest.mark.db
 
 POOL_ATTR = "db.client.connection.pool.name"
+PROCESS_ATTR = "poolwatch.process"
 SEMCONV = {
     "db.client.connection.count": "{connection}",
     "db.client.connection.idle.max": "{connection}",
@@ -166,36 +167,45 @@ def test_long_waits_become_spans(dsn):
 WORKER = """
 import json, os, sys
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
 from opentelemetry.sdk.resources import Resource
 from poolwatch import ConnectionPool
 from poolwatch.metrics.otel import instrument, meter_provider
 
+mode, checkouts = sys.argv[1], int(sys.argv[2])
 reader = InMemoryMetricReader()
 # what every worker of a gunicorn app would share: its pod's identity
 shared = Resource.create({"service.name": "app", "service.instance.id": "pod-1"})
-if sys.argv[1] == "per-process":
+if mode == "per-process":
     provider = meter_provider([reader], resource=shared)
 else:
     provider = MeterProvider(metric_readers=[reader], resource=shared)
+options = {"process_attribute": False} if mode == "off" else {}
+streams = []
 with ConnectionPool(os.environ["POOLWATCH_TEST_DSN"], min_size=1, max_size=2, name="web") as pool:
     pool.wait()
-    instrument([pool], meter_provider=provider)
-    with pool.connection():
-        pass
-    data = reader.get_metrics_data()
-streams = []
-for rm in data.resource_metrics:
-    who = rm.resource.attributes.get("service.instance.id")
-    for sm in rm.scope_metrics:
-        for m in sm.metrics:
-            for p in m.data.data_points:
-                streams.append([who, m.name, sorted(p.attributes.items())])
+    instrument([pool], meter_provider=provider, **options)
+    for collection in range(2):
+        for _ in range(checkouts):
+            with pool.connection():
+                pass
+        data = reader.get_metrics_data()
+        for rm in data.resource_metrics:
+            who = rm.resource.attributes.get("service.instance.id")
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    counter = isinstance(m.data, Sum) and m.data.is_monotonic
+                    for p in m.data.data_points:
+                        value = p.count if hasattr(p, "bucket_counts") else p.value
+                        counter = counter or hasattr(p, "bucket_counts")
+                        attrs = sorted(p.attributes.items())
+                        streams.append([collection, who, m.name, attrs, value, counter])
 print(json.dumps({"pid": os.getpid(), "streams": streams}))
 """
 
 
 def run_workers(dsn, mode):
+    """Two real worker processes sharing one resource; the second does five times the work."""
     import json
     import os
     import subprocess
@@ -203,37 +213,100 @@ def run_workers(dsn, mode):
 
     env = {**os.environ, "POOLWATCH_TEST_DSN": dsn}
     procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER, mode], stdout=subprocess.PIPE, env=env)
-        for _ in range(2)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, mode, str(checkouts)], stdout=subprocess.PIPE, env=env
+        )
+        for checkouts in (1, 5)
     ]
-    outs = []
+    finished = []
     for p in procs:
-        out, _ = p.communicate(timeout=60)
-        assert p.returncode == 0
-        outs.append(json.loads(out))
-    return outs
+        try:
+            finished.append((p.communicate(timeout=60)[0], p.returncode))
+        finally:
+            p.kill()  # no-op once it has exited; ends it if the wait timed out
+            p.wait(timeout=60)
+    assert [code for _, code in finished] == [0, 0]
+    return [json.loads(out) for out, _ in finished]
 
 
 def identities(worker):
-    return {(who, name, str(attrs)) for who, name, attrs in worker["streams"]}
+    return {(who, name, str(attrs)) for _, who, name, attrs, _, _ in worker["streams"]}
 
 
-def test_two_workers_sharing_a_resource_would_write_the_same_streams(dsn):
-    # The failure mode: every stream of one worker is also a stream of the other.
-    a, b = run_workers(dsn, "shared")
+def counter_drops(a, b):
+    """Counter streams whose value falls when a backend receives the two workers'
+    collections interleaved (a's first, b's first, a's second, b's second)."""
+    series: dict[tuple[str, str, str], list[float]] = {}
+    for collection in range(2):
+        for worker in (a, b):
+            for c, who, name, attrs, value, counter in worker["streams"]:
+                if c == collection and counter:
+                    series.setdefault((who, name, str(attrs)), []).append(value)
+    assert series
+    return {key for key, values in series.items() if values != sorted(values)}
+
+
+def test_two_workers_sharing_a_resource_collide_with_the_process_attribute_off(dsn):
+    # The failure mode: every stream of one worker is also a stream of the other, and
+    # a cumulative counter written by both seems to reset.
+    a, b = run_workers(dsn, "off")
     assert identities(a) and identities(a) == identities(b)
+    assert counter_drops(a, b)
+
+
+def test_by_default_each_worker_writes_its_own_streams_under_a_shared_resource(dsn):
+    a, b = run_workers(dsn, "default")
+    assert identities(a) and identities(b)
+    assert not identities(a) & identities(b)
+    assert not counter_drops(a, b)  # every counter stream is monotonic
+    processes = []
+    for worker in (a, b):
+        (process,) = {dict(attrs).get(PROCESS_ATTR) for _, _, _, attrs, _, _ in worker["streams"]}
+        assert process is not None and f"-{worker['pid']}-" in process
+        assert {who for _, who, _, _, _, _ in worker["streams"]} == {"pod-1"}
+        processes.append(process)
+    assert processes[0] != processes[1]
+
+    # the same metrics and pool attributes, only the writer differs
+    def without_process(worker):
+        return {
+            (name, str([kv for kv in attrs if kv[0] != PROCESS_ATTR]))
+            for _, _, name, attrs, _, _ in worker["streams"]
+        }
+
+    assert without_process(a) == without_process(b)
 
 
 def test_each_worker_process_exports_under_its_own_identity(dsn):
     a, b = run_workers(dsn, "per-process")
     assert identities(a) and identities(b)
     assert not identities(a) & identities(b)
+    assert not counter_drops(a, b)
     for worker in (a, b):
-        (who,) = {who for who, _, _ in worker["streams"]}
+        (who,) = {who for _, who, _, _, _, _ in worker["streams"]}
         # the pod's identity stays readable, the process makes it unique
         assert who == f"pod-1-{worker['pid']}"
+        # the resource already tells the processes apart: no extra attribute
+        assert all(PROCESS_ATTR not in dict(attrs) for _, _, _, attrs, _, _ in worker["streams"])
     # the same metrics and attributes, only the writer differs
     assert {i[1:] for i in identities(a)} == {i[1:] for i in identities(b)}
+
+
+def test_a_given_process_attribute_value_is_used_as_it_is(dsn):
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    with ConnectionPool(dsn, min_size=1, name="otel-named", open=True) as pool:
+        pool.wait()
+        OTelBridge([pool], meter_provider=provider, process_attribute="worker-7")
+        with pool.connection():
+            pass
+        metrics = collected(reader)
+    assert "db.client.connection.wait_time" in metrics and "db.client.connection.count" in metrics
+    for name in metrics:
+        for p in metrics[name][1]:
+            assert p.attributes[PROCESS_ATTR] == "worker-7", name
+    with pytest.raises(ValueError):
+        OTelBridge([], meter_provider=provider, process_attribute="")
 
 
 def test_the_private_sdk_hooks_the_histograms_rely_on():
@@ -274,3 +347,33 @@ def test_the_private_sdk_hooks_the_histograms_rely_on():
         (ScopeMetrics, ["scope", "metrics", "schema_url"]),
     ):
         assert list(inspect.signature(cls).parameters) == fields, cls
+
+
+def test_a_resource_naming_another_process_still_gets_the_process_attribute(dsn):
+    """A provider built before a fork names the parent: its workers must still differ."""
+    import os
+
+    from opentelemetry.sdk.resources import Resource
+
+    from poolwatch.metrics.otel import process_resource
+
+    found = {}
+    with ConnectionPool(dsn, min_size=1, name="otel-fork", open=True) as pool:
+        pool.wait()
+        for case, resource in (
+            ("parent's", Resource({"process.pid": os.getppid()})),
+            ("own", process_resource(Resource({"service.instance.id": "pod-1"}))),
+        ):
+            reader = InMemoryMetricReader()
+            provider = MeterProvider(metric_readers=[reader], resource=resource)
+            OTelBridge([pool], meter_provider=provider)
+            with pool.connection():
+                pass
+            metrics = collected(reader)
+            assert "db.client.connection.wait_time" in metrics
+            found[case] = {
+                p.attributes.get(PROCESS_ATTR) for name in metrics for p in metrics[name][1]
+            }
+    (value,) = found["parent's"]
+    assert value is not None and f"-{os.getpid()}-" in value
+    assert found["own"] == {None}

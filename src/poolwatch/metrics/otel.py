@@ -20,13 +20,16 @@ one identity look like resets and flapping gauges. `meter_provider` builds an SD
 MeterProvider whose resource names this process (`process_resource`); create it in
 each worker (gunicorn's ``post_fork``), not before the fork. The supported alternative
 to this bridge is scraping ``/metrics`` with the OpenTelemetry Collector's Prometheus
-receiver (docs/fleet.md), which needs no private SDK attribute.
+receiver (docs/fleet.md), which needs no private SDK attribute. With any provider, by default,
+every data point carries ``poolwatch.process`` (host, pid and a random part), which
+keeps the streams single-writer at the price of one stream set per worker incarnation.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -51,8 +54,38 @@ SCOPE_NAME = "poolwatch"
 _STATE_REUSE_SECONDS = 0.05
 
 
-def _attributes(metric: Metric, pool: str, values: tuple[str, ...]) -> dict[str, str]:
+#: The data point attribute that makes each process a writer of its own streams.
+PROCESS_ATTRIBUTE = "poolwatch.process"
+_process_identity: tuple[int, str] = (0, "")
+
+
+def process_identity() -> str:
+    """``<host>-<pid>-<random>``: unique to this process incarnation, fresh after a fork.
+
+    The random part keeps a restarted worker that reuses a pid (containers restart
+    with pid 1 and the like) from continuing its predecessor's cumulative streams.
+    """
+    global _process_identity
+    pid = os.getpid()
+    if _process_identity[0] != pid:
+        _process_identity = (pid, f"{socket.gethostname()}-{pid}-{secrets.token_hex(3)}")
+    return _process_identity[1]
+
+
+def _resource_names_this_process(provider: Any) -> bool:
+    """True when the SDK provider's resource carries this process's pid (`process_resource`,
+    or the SDK's process detector, run in this process rather than before a fork)."""
+    resource = getattr(getattr(provider, "_sdk_config", None), "resource", None)
+    attributes = getattr(resource, "attributes", None) or {}
+    return bool(attributes.get("process.pid") == os.getpid())
+
+
+def _attributes(
+    metric: Metric, pool: str, values: tuple[str, ...], process: str | None = None
+) -> dict[str, str]:
     attrs = {OTEL_ATTRIBUTES["pool"]: pool}
+    if process is not None:
+        attrs[PROCESS_ATTRIBUTE] = process
     for name, value in zip(metric.labels, values):
         if value:  # an empty sqlstate_class is no attribute at all
             attrs[OTEL_ATTRIBUTES[name]] = value
@@ -66,15 +99,39 @@ class OTelBridge(PoolSet):
 
         from poolwatch.metrics.otel import OTelBridge
         bridge = OTelBridge([pool], meter_provider=provider)
+
+    *process_attribute* keeps every stream single-writer when several processes export
+    under one resource (gunicorn workers): ``True`` (default) adds the attribute
+    ``poolwatch.process`` (`process_identity`) to every data point unless the
+    provider's resource already names this process (`process_resource`); ``False``
+    never adds it; a string is used as its value.
     """
 
     def __init__(
-        self, pools: Iterable[Watchable] = (), *, meter_provider: Any | None = None
+        self,
+        pools: Iterable[Watchable] = (),
+        *,
+        meter_provider: Any | None = None,
+        process_attribute: bool | str = True,
     ) -> None:
         from .. import __version__
 
         provider = otel_metrics.get_meter_provider() if meter_provider is None else meter_provider
         super().__init__()
+        if isinstance(process_attribute, str):
+            if not process_attribute:
+                raise ValueError("process_attribute must be a non-empty string, True or False")
+            fixed: str | None = process_attribute
+            self._process_attribute: Callable[[], str | None] = lambda: fixed
+        elif process_attribute:
+            # Decided at each collection, so that a bridge built before a fork still
+            # tells the workers apart even when its resource names the parent.
+            def automatic() -> str | None:
+                return None if _resource_names_this_process(provider) else process_identity()
+
+            self._process_attribute = automatic
+        else:
+            self._process_attribute = lambda: None
         self.meter = provider.get_meter(SCOPE_NAME, __version__)
         self._cache_lock = threading.Lock()
         self._cached: tuple[float, list[PoolState]] = (0.0, [])
@@ -131,8 +188,9 @@ class OTelBridge(PoolSet):
 
     def _scalar_callback(self, metric: Metric) -> Callable[[CallbackOptions], list[Observation]]:
         def callback(options: CallbackOptions) -> list[Observation]:
+            process = self._process_attribute()
             return [
-                Observation(value, _attributes(metric, st.pool, values))
+                Observation(value, _attributes(metric, st.pool, values, process))
                 for st in self.states()
                 for (key, values), value in st.scalars.items()
                 if key == metric.key
@@ -143,10 +201,14 @@ class OTelBridge(PoolSet):
     def _timeouts_callback(self) -> Callable[[CallbackOptions], list[Observation]]:
         def callback(options: CallbackOptions) -> list[Observation]:
             out = []
+            process = self._process_attribute()
             for st in self.states():
                 hist = st.histograms.get(("acquire", ("timeout",)))
                 count = hist.cumulative()[-1] if hist else 0
-                out.append(Observation(count, {OTEL_ATTRIBUTES["pool"]: st.pool}))
+                attrs = {OTEL_ATTRIBUTES["pool"]: st.pool}
+                if process is not None:
+                    attrs[PROCESS_ATTRIBUTE] = process
+                out.append(Observation(count, attrs))
             return out
 
         return callback
@@ -226,6 +288,7 @@ class OTelBridge(PoolSet):
 
         delta = temporality == AggregationTemporality.DELTA
         now = time.time_ns()
+        process = self._process_attribute()
         out = []
         for metric in METRICS:
             if metric.type != "histogram" or metric.otel is None:
@@ -239,7 +302,9 @@ class OTelBridge(PoolSet):
                     if delta:
                         hist, start = self._delta(reader_id, st.pool, key, values, hist, now)
                     points.append(
-                        _point(HistogramDataPoint, metric, st.pool, values, hist, start, now)
+                        _point(
+                            HistogramDataPoint, metric, st.pool, values, hist, start, now, process
+                        )
                     )
             if points:
                 data = Histogram(points, temporality)
@@ -273,6 +338,7 @@ def _point(
     hist: HistogramValue,
     start: int,
     now: int,
+    process: str | None,
 ) -> Any:
     bounds = metric.buckets
     nonempty = [i for i, n in enumerate(hist.counts) if n]
@@ -283,7 +349,7 @@ def _point(
     else:
         lowest = highest = 0.0
     return cls(
-        attributes=_attributes(metric, pool, values),
+        attributes=_attributes(metric, pool, values, process),
         start_time_unix_nano=start,
         time_unix_nano=now,
         count=sum(hist.counts),
@@ -353,6 +419,15 @@ def meter_provider(metric_readers: Sequence[Any], *, resource: Any | None = None
     return MeterProvider(metric_readers=metric_readers, resource=process_resource(resource))
 
 
-def instrument(pools: Sequence[Watchable], *, meter_provider: Any | None = None) -> OTelBridge:
-    """Publish *pools* through *meter_provider* (default: the global one)."""
-    return OTelBridge(pools, meter_provider=meter_provider)
+def instrument(
+    pools: Sequence[Watchable],
+    *,
+    meter_provider: Any | None = None,
+    process_attribute: bool | str = True,
+) -> OTelBridge:
+    """Publish *pools* through *meter_provider* (default: the global one).
+
+    Every data point carries ``poolwatch.process`` unless the provider's resource names
+    this process already; *process_attribute* is as for `OTelBridge`.
+    """
+    return OTelBridge(pools, meter_provider=meter_provider, process_attribute=process_attribute)
