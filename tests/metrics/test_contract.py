@@ -152,7 +152,7 @@ def test_register_into_a_registry_and_series_vanish_on_close(dsn):
     pool.close()
     text = generate_latest(registry).decode()
     assert 'poolwatch_connections_max{pool="vanishing"}' not in text
-    assert 'poolwatch_pool_info{' not in text
+    assert "poolwatch_pool_info{" not in text
     assert 'poolwatch_acquire_seconds_count{outcome="ok",pool="vanishing"} 1.0' in text
     again = ConnectionPool(dsn, min_size=1, name="vanishing")
     register(again, registry)
