@@ -135,14 +135,31 @@ def test_prometheus_client_path_equals_the_fast_renderer(busy_pool):
 
 
 def test_register_into_a_registry_and_series_vanish_on_close(dsn):
+    """Closing a pool ends its gauges and pool_info; its counters and histograms stay.
+
+    Counters are monotonic for the life of the process (SPEC, "Metric truth"): the
+    closed pool's final counts stay exported under its name, and a later pool of
+    that name adds to them.
+    """
     registry = CollectorRegistry()
     pool = ConnectionPool(dsn, min_size=1, name="vanishing", open=False)
     register(pool, registry)
     assert b"vanishing" not in generate_latest(registry)  # not open yet: no series
     pool.open(wait=True)
+    with pool.connection():
+        pass
     assert b'poolwatch_connections_max{pool="vanishing"} 1.0' in generate_latest(registry)
     pool.close()
-    assert b"vanishing" not in generate_latest(registry)
+    text = generate_latest(registry).decode()
+    assert 'poolwatch_connections_max{pool="vanishing"}' not in text
+    assert "poolwatch_pool_info{" not in text
+    assert 'poolwatch_acquire_seconds_count{outcome="ok",pool="vanishing"} 1.0' in text
+    again = ConnectionPool(dsn, min_size=1, name="vanishing")
+    register(again, registry)
+    with again, again.connection():
+        text = generate_latest(registry).decode()
+    assert 'poolwatch_acquire_seconds_count{outcome="ok",pool="vanishing"} 2.0' in text
+    assert 'poolwatch_connections_max{pool="vanishing"} 1.0' in text
 
 
 def test_two_pools_with_one_name_are_summed_not_duplicated(dsn):

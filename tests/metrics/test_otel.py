@@ -32,6 +32,10 @@ SEMCONV = {
 }
 
 
+POOL = "db.client.connection.pool.name"
+OK = {POOL: "otel-closed", "poolwatch.outcome": "ok"}
+
+
 def collected(reader):
     """name -> (unit, data points) from one collection."""
     out = {}
@@ -124,14 +128,46 @@ def test_delta_temporality_reports_only_what_happened_since_the_last_export(dsn)
 
 
 def test_a_closed_pool_exports_nothing(dsn):
+    """A closed pool exports no gauges; its counters and histograms keep their values.
+
+    A later pool of the same name adds to them, so nothing an OpenTelemetry backend
+    reads as cumulative ever goes back (SPEC, "Metric truth").
+    """
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     pool = ConnectionPool(dsn, min_size=1, name="otel-closed", open=True)
     pool.wait()
-    OTelBridge([pool], meter_provider=provider)
+    bridge = OTelBridge([pool], meter_provider=provider)
+    for _ in range(3):
+        with pool.connection():
+            pass
     pool.close()
     metrics = collected(reader)
-    assert all(not points(metrics, name) for name in metrics)
+    for gauge in ("db.client.connection.count", "db.client.connection.max"):
+        assert gauge not in metrics or not points(metrics, gauge)
+    (wait,) = points(metrics, "db.client.connection.wait_time", **OK)
+    assert wait.count == 3
+    (timeouts,) = points(metrics, "db.client.connection.timeouts", **{POOL: "otel-closed"})
+    assert timeouts.value == 0
+
+    again = ConnectionPool(dsn, min_size=1, name="otel-closed", open=True)
+    bridge.add(again)
+    with again:
+        again.wait()
+        with again.connection():
+            pass
+        with pytest.raises(PoolTimeout), again.connection(), again.connection(timeout=0.05):
+            pass
+        metrics = collected(reader)
+        (wait,) = points(metrics, "db.client.connection.wait_time", **OK)
+        assert wait.count == 3 + 2  # two served; the timeout has its own outcome
+        assert points(metrics, "db.client.connection.max", **{POOL: "otel-closed"})
+    metrics = collected(reader)
+    (timeouts,) = points(metrics, "db.client.connection.timeouts", **{POOL: "otel-closed"})
+    assert timeouts.value == 1
+    assert "db.client.connection.max" not in metrics or not points(
+        metrics, "db.client.connection.max"
+    )
 
 
 def test_long_waits_become_spans(dsn):

@@ -57,7 +57,8 @@ handler: their final write is registered as a multiprocessing finalizer.
   One process keeps counting at most {MAX_RETIRED_NAMES:,} names of pools it closed:
   past that (a process that keeps making new names, such as unnamed pools "pool-1",
   "pool-2"...), the oldest closed names are forgotten with one warning and their series
-  end, as a closed pool's do in a single process. Give pools a fixed set of names.
+  end (a single process forgets garbage-collected pools' names past the same bound).
+  Give pools a fixed set of names.
 - **Validated files**: a file that is not a regular file, is larger than
   {MAX_FILE_BYTES // 2**20} MiB, is not JSON, holds `NaN`/`Infinity`, negative or huge numbers,
   unknown families, label values outside this table, duplicate series or names longer

@@ -62,7 +62,7 @@ from .multiprocess_files import (
     write_atomically,
 )
 from .names import BY_KEY
-from .state import PoolState, Watchable, merge_states, state_of
+from .state import PoolState, Watchable, has_activity, merge_states, retired_merge, state_of
 
 if TYPE_CHECKING:
     from .prometheus import PoolCollector
@@ -101,13 +101,6 @@ def _gone(pid: int) -> bool:
     except PermissionError:  # alive, owned by someone else
         return False
     return False
-
-
-def _has_activity(state: PoolState) -> bool:
-    """Whether a pool counted anything yet (a pool never opened has not)."""
-    if any(sum(h.counts) for h in state.histograms.values()):
-        return True
-    return any(v for (k, _), v in state.scalars.items() if BY_KEY[k].type == "counter")
 
 
 class MultiprocessLink:
@@ -179,7 +172,7 @@ class MultiprocessLink:
             self._parents_pools = [
                 p
                 for p in pools.values()
-                if p in self._foreign or not p.closed or _has_activity(state_of(p))
+                if p in self._foreign or not p.closed or has_activity(state_of(p))
             ]
         except Exception:  # never block a fork: then all of them are the parent's
             logger.exception("could not read the pools before fork()")
@@ -258,7 +251,7 @@ class MultiprocessLink:
             closed = pool.closed  # read first: a state taken after close() is final
             state = state_of(pool)
             state.live = not closed
-            if closed and token not in self._states and not _has_activity(state):
+            if closed and token not in self._states and not has_activity(state):
                 continue  # never opened (yet): nothing to count
             seen.add(token)
             self._states[token] = state
@@ -362,16 +355,6 @@ class MultiprocessLink:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def retired_merge(states: list[PoolState]) -> list[PoolState]:
-    """Merge states of pools gone: counters and histograms only, one per name."""
-    for s in states:
-        s.live = False
-    merged = merge_states(states)
-    for s in merged:
-        s.live = False
-    return merged
 
 
 def _is_live(content: StateFile, now: float, pidns: str) -> bool:

@@ -27,7 +27,8 @@ from .state import PoolSet, PoolState, Watchable
 class PoolCollector(PoolSet, Collector):
     """Yields the contract's families for every open pool registered with it.
 
-    Pools are held weakly: a pool that is garbage-collected, or closed, has no series.
+    Pools are held weakly. A pool that is closed, or garbage-collected, keeps its
+    counters and histograms under its name (`PoolSet`); its gauges and pool_info go.
     In multiprocess mode (`enable_multiprocess`) the families cover every process
     that writes into the same directory.
     """
@@ -134,7 +135,8 @@ def collector_for(registry: CollectorRegistry | None = None) -> PoolCollector:
 def register(pool: Watchable, registry: CollectorRegistry | None = None) -> PoolCollector:
     """Export *pool*'s metrics through *registry* (default: prometheus_client's REGISTRY).
 
-    Idempotent. The series appear once the pool is open and vanish when it closes.
+    Idempotent. The series appear once the pool is open; when it closes, its gauges
+    end and its counters stay (a later pool of that name adds to them).
     With ``PROMETHEUS_MULTIPROC_DIR`` set, the pool's state is also written there for
     the other worker processes' scrapes. It also starts sampling what the pool's
     checked-out connections do (`poolwatch.insight.activity.watch`), unless the pool

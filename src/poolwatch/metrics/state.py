@@ -9,6 +9,8 @@ from several processes or from two pools given the same name in one process.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
 import threading
 import unicodedata
 import weakref
@@ -27,6 +29,8 @@ from .names import BY_KEY, INFO_LABELS
 #: (metric key, extra label values) -> value
 ScalarKey = tuple[str, tuple[str, ...]]
 
+logger = logging.getLogger("poolwatch.metrics")
+
 
 class Watchable(Protocol):
     """What the exporters need from a pool (every poolwatch pool has it)."""
@@ -43,19 +47,36 @@ class Watchable(Protocol):
 
 
 class PoolSet:
-    """Pools held weakly, for an exporter: a pool that is garbage-collected just leaves."""
+    """Pools held weakly, for an exporter, and the counts of those gone.
+
+    A registered pool that is closed, or garbage-collected, leaves its counters and
+    histograms behind under its name (its gauges and pool_info go): a later pool of
+    that name adds to them, so counters never go back for the life of the process.
+    A pool dropped without a read after its last work keeps the counts last read.
+    """
 
     def __init__(self) -> None:
         self._pools: weakref.WeakSet[Watchable] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._tokens: weakref.WeakKeyDictionary[Watchable, int] = weakref.WeakKeyDictionary()
+        # Last state read of each pool still referenced (a closed pool's is final).
+        self._last: dict[int, PoolState] = {}
+        # Counts of the pools garbage-collected, merged by name, oldest name first.
+        self._retired: list[PoolState] = []
+        self._warned_names = False
 
     def add(self, pool: Watchable) -> None:
         with self._lock:
             self._pools.add(pool)
+            self._tokens.setdefault(pool, next(self._ids))
 
     def remove(self, pool: Watchable) -> None:
         with self._lock:
             self._pools.discard(pool)
+            token = self._tokens.pop(pool, None)
+            if token is not None:
+                self._last.pop(token, None)  # unregistered: its series end, counts and all
 
     def pools(self) -> list[Watchable]:
         """The pools, open or not."""
@@ -63,8 +84,46 @@ class PoolSet:
             return list(self._pools)
 
     def open_states(self) -> list[PoolState]:
-        """One state per open pool, merged by name."""
-        return merge_states(state_of(p) for p in self.pools() if not p.closed)
+        """One state per pool name: open pools' values plus closed pools' counts."""
+        with self._lock:
+            pools = [(p, self._tokens.setdefault(p, next(self._ids))) for p in self._pools]
+        fresh: dict[int, PoolState] = {}
+        for pool, token in pools:
+            closed = pool.closed  # read first: a state taken after close() is final
+            state = state_of(pool)
+            state.live = not closed
+            if closed and not has_activity(state):
+                continue  # never opened (yet): nothing to count
+            fresh[token] = state
+        with self._lock:
+            self._last.update(fresh)
+            registered = set(self._tokens.values())
+            gone = [t for t in self._last if t not in registered]
+            if gone:
+                dead = [self._last.pop(t) for t in gone]
+                self._retired = self._bounded(retired_merge([*self._retired, *dead]))
+            current = list(self._last.values())
+            retired = list(self._retired)
+        finished = [s for s in current if not s.live]
+        return merge_states(
+            [*(s for s in current if s.live), *retired_merge([*retired, *finished])]
+        )
+
+    def _bounded(self, retired: list[PoolState]) -> list[PoolState]:
+        """At most MAX_RETIRED_NAMES names gone, the oldest forgotten (as in multiprocess)."""
+        from .multiprocess import MAX_RETIRED_NAMES
+
+        excess = len(retired) - MAX_RETIRED_NAMES
+        if excess <= 0:
+            return retired
+        if not self._warned_names:
+            self._warned_names = True
+            logger.warning(
+                "more than %d garbage-collected pool names: the oldest are forgotten and"
+                " their series end; name your pools (a fixed set of names) to keep them",
+                MAX_RETIRED_NAMES,
+            )
+        return retired[excess:]  # retired_merge keeps first-seen order
 
 
 @dataclass
@@ -285,3 +344,20 @@ def merge_states(states: Iterable[PoolState]) -> list[PoolState]:
         if used is not None and most is not None:
             state.scalars[("saturation", ())] = used / most if most else 0.0
     return list(merged.values())
+
+
+def has_activity(state: PoolState) -> bool:
+    """Whether a pool counted anything yet (a pool never opened has not)."""
+    if any(sum(h.counts) for h in state.histograms.values()):
+        return True
+    return any(v for (k, _), v in state.scalars.items() if BY_KEY[k].type == "counter")
+
+
+def retired_merge(states: list[PoolState]) -> list[PoolState]:
+    """Merge states of pools gone: counters and histograms only, one per name."""
+    for s in states:
+        s.live = False
+    merged = merge_states(states)
+    for s in merged:
+        s.live = False
+    return merged
