@@ -323,35 +323,42 @@ def panels() -> list[Any]:
     ]
 
 
-def _variables() -> list[Any]:
-    ds = dash.DatasourceVariable("datasource").label("Data source").type("prometheus")
+def _query_var(name: str, label: str, query: str) -> Any:
+    return (
+        dash.QueryVariable(name)
+        .label(label)
+        .datasource(DATASOURCE)
+        .query(query)
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(model.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+    )
 
-    def query_var(name: str, label: str, query: str) -> Any:
-        return (
-            dash.QueryVariable(name)
-            .label(label)
-            .datasource(DATASOURCE)
-            .query(query)
-            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(model.VariableSort.ALPHABETICAL_ASC)
-            .multi(True)
-            .include_all(True)
-            .all_value(".*")
-        )
 
+def fleet_variables() -> list[Any]:
+    """Data source, cluster, namespace and job: what both dashboards filter by."""
     return [
-        ds,
-        query_var("cluster", "Cluster", f"label_values({INFO}, cluster)"),
-        query_var(
+        dash.DatasourceVariable("datasource").label("Data source").type("prometheus"),
+        _query_var("cluster", "Cluster", f"label_values({INFO}, cluster)"),
+        _query_var(
             "namespace", "Namespace", f'label_values({INFO}{{cluster=~"$cluster"}}, namespace)'
         ),
-        query_var(
+        _query_var(
             "job",
             "Job",
             f'label_values({INFO}{{cluster=~"$cluster", namespace=~"$namespace"}}, job)',
         ),
-        query_var("instance", "Instance", f'label_values({INFO}{{job=~"$job"}}, instance)'),
-        query_var(
+    ]
+
+
+def _variables() -> list[Any]:
+    """The fleet's variables, then instance and pool: the per-pool board narrows further."""
+    return [
+        *fleet_variables(),
+        _query_var("instance", "Instance", f'label_values({INFO}{{job=~"$job"}}, instance)'),
+        _query_var(
             "pool", "Pool", f'label_values({INFO}{{job=~"$job", instance=~"$instance"}}, pool)'
         ),
     ]

@@ -17,7 +17,18 @@ from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from ..alerts.rules import AlertSettings, pool_server
-from .build import DATASOURCE, ERRORS, INFO, RATE, UID, USED_SECONDS, WAITS, M, Query, _series
+from .build import (
+    DATASOURCE,
+    ERRORS,
+    RATE,
+    UID,
+    USED_SECONDS,
+    WAITS,
+    M,
+    Query,
+    _series,
+    fleet_variables,
+)
 
 FLEET_UID = "poolwatch-fleet"
 #: the selector of every fleet query
@@ -153,34 +164,6 @@ def fleet_panels() -> list[Any]:
     ]
 
 
-def _variables() -> list[Any]:
-    def query_var(name: str, label: str, query: str) -> Any:
-        return (
-            dash.QueryVariable(name)
-            .label(label)
-            .datasource(DATASOURCE)
-            .query(query)
-            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .sort(model.VariableSort.ALPHABETICAL_ASC)
-            .multi(True)
-            .include_all(True)
-            .all_value(".*")
-        )
-
-    return [
-        dash.DatasourceVariable("datasource").label("Data source").type("prometheus"),
-        query_var("cluster", "Cluster", f"label_values({INFO}, cluster)"),
-        query_var(
-            "namespace", "Namespace", f'label_values({INFO}{{cluster=~"$cluster"}}, namespace)'
-        ),
-        query_var(
-            "job",
-            "Job",
-            f'label_values({INFO}{{cluster=~"$cluster", namespace=~"$namespace"}}, job)',
-        ),
-    ]
-
-
 def build_fleet_dashboard() -> Any:
     board = (
         dash.Dashboard("poolwatch: fleet overview")
@@ -191,7 +174,7 @@ def build_fleet_dashboard() -> Any:
         .time("now-1h", "now")
         .timezone("browser")
     )
-    for variable in _variables():
+    for variable in fleet_variables():
         board.with_variable(variable)
     for panel in fleet_panels():
         board.with_panel(panel)
