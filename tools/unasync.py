@@ -70,6 +70,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\btasks_async\b", "tasks"),
     (r"\bupkeep_async\b", "upkeep"),
     (r"\b_ASYNC = True\b", "_ASYNC = False"),
+    (r"^from asyncio import get_running_loop\n", ""),  # only used by "async only" code
     (r"Callable\[\[\], Awaitable\[None\]\]", "Callable[[], None]"),
     (r"^from collections\.abc import Awaitable, Callable$", "from collections.abc import Callable"),
 ]
@@ -81,7 +82,15 @@ def target_of(source: str) -> str:
     return source.replace("_async.py", ".py")
 
 
+#: Lines from "# async only: begin" to "# async only: end" (both included) are left out
+#: of the sync twin: code that only an event loop needs costs the thread pool nothing.
+_ASYNC_ONLY = re.compile(
+    r"^[ \t]*# async only: begin.*?^[ \t]*# async only: end[^\n]*\n", re.MULTILINE | re.DOTALL
+)
+
+
 def convert(text: str, source: str, used: set[str]) -> str:
+    text = _ASYNC_ONLY.sub("", text)
     lines = []
     for line in text.splitlines(keepends=True):
         for rx, repl in _COMPILED:

@@ -267,8 +267,18 @@ class AWaiter:
 
     def _wake(self) -> None:
         # The waiter's request may run on another event loop (another thread) than the
-        # code settling it: its future is then woken through its own loop.
-        _call_in_loop(self._loop, self._wake_here)
+        # code settling it: its future is then woken through its own loop. The usual
+        # case, a hand-off inside the waiter's own loop, wakes it directly.
+        try:
+            here = asyncio.get_running_loop() is self._loop
+        except RuntimeError:  # settled from a thread with no event loop
+            here = False
+        if here:
+            fut = self._fut
+            if not fut.done():  # _wake_here, inlined
+                fut.set_result(None)
+        else:
+            _call_in_loop(self._loop, self._wake_here)
 
     def _wake_here(self) -> None:
         if not self._fut.done():

@@ -1,4 +1,25 @@
-"""Configuration, state and the lock-held decisions shared by every pool class; no I/O here."""
+"""Configuration, state and the lock-held decisions shared by every pool class; no I/O here.
+
+Concurrency: what the design relies on (and why it holds on free-threaded CPython too).
+
+- Every write to pool state (idle deque, `_out`, waiters, counters, histograms, the
+  used-seconds parts) happens under `self._lock`, a plain `threading.Lock`, and every
+  reader that needs numbers that agree (`snapshot`, `aggregates`, `get_stats`) takes it.
+  Nothing depends on the GIL making a sequence of operations atomic, so a counter
+  cannot lose an update under any interleaving (tests/pool/test_exactness.py preempts
+  threads every microsecond and counts exactly).
+- The claim itself needs that lock anyway (pop an idle connection and record the
+  checkout as one step), so the counters ride in the same short critical section:
+  per-thread or striped counters summed at scrape time would add a thread-local look-up
+  to every checkout and remove no contention. The hand-off to a waiter happens in the
+  returner's critical section too: the waiter wakes with its connection already
+  assigned and takes the lock only to record its wait.
+- Reads outside the lock are single loads of one attribute or one dict item, which are
+  atomic on every CPython build: the fast-path switches (`_fast_checkout`,
+  `_open_implicit`, `_reset`, `_loop`), a connection's libpq transaction status, a
+  `_Borrow`'s look-up of its own checkout in `_out`, and `waiter.conn`, which `assign`
+  writes under the lock before it wakes the waiter (the wake-up is the hand-over point).
+"""
 
 from __future__ import annotations
 
@@ -263,13 +284,21 @@ class BasePool:
         # burst of slow connects would leave no worker free to hand returns over.
         self._growing = False
         # Used = checked out (in _out) + in transit (being reset or checked, not in _out).
-        # The used-seconds counter is one integral of that count over time, kept in one
-        # place that only ever adds: before the count changes, `_advance_used_locked`
-        # adds count * elapsed to _used_area. Nothing else writes it, so no checkout,
-        # check, return, drain, resize or close can make the counter go backwards.
+        # The used-seconds counter is kept in three parts that each only ever add, so no
+        # checkout, check, return, drain, resize or close can make it go backwards:
+        # - _out_done: the seconds of checkouts that ended (added when one leaves _out,
+        #   with a clock read under the lock, so never less than a reader already saw);
+        # - the open checkouts, now - start for each entry of _out, summed when read
+        #   (the fast paths only store a start time and add one float at the end);
+        # - _transit_area: the integral of _transit over time until _clock, advanced
+        #   by `_advance_used_locked` before _transit changes.
+        # A reader still keeps the largest value it reported (`_used_reported`), so
+        # float rounding between the parts cannot show as a step back either.
         self._transit = 0
-        self._used_area = 0.0  # integral of _used over time until _used_since
-        self._used_since = monotonic()
+        self._out_done = 0.0
+        self._transit_area = 0.0
+        self._clock = monotonic()  # the latest time the transit integral reached
+        self._used_reported = 0.0
         self._agg = PoolAggregates()
         self._acquire_ok = self._agg.acquire["ok"]  # the fast path's histogram
         self._stats_base: dict[str, int] = {}
@@ -420,7 +449,7 @@ class BasePool:
                 oldest_wait_seconds=now - oldest_wait if oldest_wait is not None else 0.0,
                 leaked=leaked,
                 leak_timeout=self.leak_timeout,
-                used_seconds_total=self._used_area + used * max(0.0, now - self._used_since),
+                used_seconds_total=self._used_seconds_locked(now),
                 server_max_connections=self.server_max_connections,
             )
 
@@ -489,14 +518,32 @@ class BasePool:
         """Connections counted as used: checked out, or being checked or reset."""
         return len(self._out) + self._transit
 
+    def _used_seconds_locked(self, now: float) -> float:
+        """Seconds connections have been used, up to *now* (read under the lock)."""
+        out = self._out
+        open_seconds = now * len(out) - sum(out.values()) if out else 0.0
+        transit = self._transit_area + self._transit * max(0.0, now - self._clock)
+        total = self._out_done + max(0.0, open_seconds) + transit
+        if total > self._used_reported:
+            self._used_reported = total
+        return self._used_reported
+
     def _advance_used_locked(self, now: float) -> None:
-        """Add the used-seconds accrued since the last change; call before `_used` changes."""
-        # The clock is read under the lock, so `now` does not go backwards here; the
-        # guard keeps the integral from ever shrinking even if a caller passed a stale time.
-        elapsed = now - self._used_since
+        """Add the transit seconds accrued since the last change; call before _transit changes."""
+        # The guard keeps the integral from ever shrinking if a caller passed a stale time.
+        elapsed = now - self._clock
         if elapsed > 0.0:
-            self._used_area += (len(self._out) + self._transit) * elapsed
-            self._used_since = now
+            self._transit_area += self._transit * elapsed
+            self._clock = now
+
+    def _end_checkout_locked(self, t_out: float, now: float) -> None:
+        """A checkout that started at *t_out* leaves _out at *now*: its seconds become final.
+
+        Every caller reads *now* under the lock, so it is never earlier than a time a
+        reader already used: the checkout's seconds only grow from what was reported.
+        They equal the hold time the use histogram records for it.
+        """
+        self._out_done += now - t_out
 
     def _transit_change_locked(self, now: float, delta: int) -> None:
         """*delta* connections start (or stop) being checked or reset outside _out."""
@@ -520,13 +567,13 @@ class BasePool:
 
     def _checkout_locked(self, conn: Any, now: float) -> None:
         """Mark *conn* as handed out at *now*."""
-        self._advance_used_locked(now)
         self._out[conn] = now
 
     def _uncheckout_locked(self, conn: Any, now: float) -> None:
         """Undo a checkout the user never saw (the request gave up, or the check failed)."""
-        self._advance_used_locked(now)
-        self._out.pop(conn, None)
+        t_out = self._out.pop(conn, None)
+        if t_out is not None:
+            self._end_checkout_locked(t_out, now)
         self._leak_stacks.pop(conn, None)
         self._sites.pop(conn, None)
 
@@ -535,7 +582,6 @@ class BasePool:
 
         With *still_used* it keeps counting as used (it is being reset on its way back).
         """
-        self._advance_used_locked(now)
         try:
             t_out = self._out.pop(conn)
         except KeyError:
@@ -543,10 +589,8 @@ class BasePool:
         return self._checked_in_locked(conn, t_out, now, still_used=still_used)
 
     def _checked_in_locked(self, conn: Any, t_out: float, now: float, *, still_used: bool) -> float:
-        """`_checkin_locked` after *conn* left the checked-out list (it was out since *t_out*).
-
-        The caller advanced the used-seconds integral before taking *conn* off the list.
-        """
+        """`_checkin_locked` after *conn* left the checked-out list (it was out since *t_out*)."""
+        self._end_checkout_locked(t_out, now)
         use = now - t_out
         self._agg.use.observe(use)
         if still_used:
@@ -725,7 +769,10 @@ class BasePool:
         # (psycopg does not close a connection created by another process).
         self._forked_from = os.getppid()
         self._lock = threading.Lock()  # another thread may have held it at fork time
-        self._advance_used_locked(monotonic())  # what was used until now stays counted
+        now = monotonic()
+        self._advance_used_locked(now)  # what was used until now stays counted
+        for t_out in self._out.values():
+            self._end_checkout_locked(t_out, now)
         self._closed = True
         self._idle.clear()
         self._out.clear()

@@ -365,15 +365,6 @@ class ConnectionPool(PoolUpkeep[CT]):
         t0 = monotonic()
         if self._open_implicit:
             self._check_usable()
-        loop = self._loop
-        if loop is not None and loop.is_closed():
-            # Its workers ended with that loop: a connection lent now could not come back
-            # (a return with a reset, a replacement, growth all run there).
-            raise PoolClosed(
-                f"the event loop that opened pool {self.name!r} has ended, and its workers"
-                " with it: open the pool in the event loop that uses it (for example"
-                " inside the coroutine given to asyncio.run()), or close it"
-            )
         # The fast path, inlined (it is what almost every request takes): the same
         # bookkeeping as _take_idle_locked, _checkout_locked and _record_acquire_locked,
         # without their calls; acquire()/release() rather than `with`, which creates a
@@ -387,10 +378,6 @@ class ConnectionPool(PoolUpkeep[CT]):
                 conn = idle.popleft()
                 if len(idle) < self._nconns_min:
                     self._nconns_min = len(idle)
-                # _advance_used_locked, inlined
-                if now > self._used_since:
-                    self._used_area += (len(self._out) + self._transit) * (now - self._used_since)
-                    self._used_since = now
                 self._out[conn] = now
                 self._agg.requests += 1
                 wait = now - t0
@@ -501,7 +488,13 @@ class ConnectionPool(PoolUpkeep[CT]):
                 self._leak_stacks[conn] = stack
             if site is not None and conn in self._out:
                 self._sites[conn] = site
-            self._record_acquire_locked("ok", wait, queued=queued)
+            # _record_acquire_locked("ok", ...), inlined: most requests on a busy pool
+            # end here, and two calls cost more than the bookkeeping itself.
+            hist = self._acquire_ok
+            hist.counts[bisect_left(hist.bounds, wait)] += 1
+            hist.sum += wait
+            if queued:
+                self._agg.queued_wait_seconds += wait
         if self._observer:
             self._observer.on_acquire(wait, "ok", queued=queued)
             self._flush_notifications()
@@ -519,6 +512,11 @@ class ConnectionPool(PoolUpkeep[CT]):
             if not gave_up and waiter.conn is not None:
                 self._giveback_unused(waiter.conn)
             raise
+        conn = waiter.conn
+        if conn is not None:
+            # Handed a connection: assign() settled the waiter, under the lock, before
+            # waking it, so there is nothing left to decide.
+            return conn
         with self._lock:
             timed_out = waiter.abandon()
             if timed_out:
@@ -613,25 +611,28 @@ class ConnectionPool(PoolUpkeep[CT]):
             lock.acquire()
             try:
                 now = monotonic()
-                # _advance_used_locked, inlined
-                if now > self._used_since:
-                    self._used_area += (len(self._out) + self._transit) * (now - self._used_since)
-                    self._used_since = now
                 t_out = self._out.pop(conn, None)
                 if t_out is None:
                     raise self._bad_return_error(conn)
                 if (
                     self._fast_checkout  # also: open, no leak tracking, no observer
-                    and not self._waiting
                     and conn._expire_at > now  # drain() expires the checked-out ones
                     and self._nconns <= self._max_size
                 ):
                     # The fast path, inlined: _checked_in_locked and _put_back_locked
-                    # for a healthy connection that nobody is waiting for.
+                    # (with _deliver_locked) for a healthy connection.
                     use = now - t_out
+                    self._out_done += use  # _end_checkout_locked, inlined (now is fresh)
                     hist = self._agg.use
                     hist.counts[bisect_left(hist.bounds, use)] += 1
                     hist.sum += use
+                    waiting = self._waiting
+                    while waiting:
+                        # Straight to the first request still waiting; one that gave up
+                        # first refuses it, and the next one is asked.
+                        if waiting.popleft().assign(conn):
+                            self._out[conn] = now
+                            return
                     conn._pool = None
                     self._idle_put(conn)
                     if self._pool_full_event is not None:
@@ -675,18 +676,25 @@ class _Borrow(Generic[CT]):
     """What `ConnectionPool.connection()` returns: a light context manager (`with `)."""
 
     __slots__ = ("_checkout", "_conn", "_pool", "_timeout")
+    # Set by __enter__ (each entry starts a new checkout); nothing to clear on exit:
+    # a second exit finds the checkout over and does nothing.
+    _conn: CT
+    _checkout: float | None
 
     def __init__(self, pool: ConnectionPool[CT], timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
-        self._conn: CT | None = None
-        self._checkout: float | None = None
 
     def __enter__(self) -> CT:
-        self._conn = conn = self._pool.getconn(self._timeout)
+        pool = self._pool
+        self._conn = conn = pool.getconn(self._timeout)
         # The pool's record of this checkout (its start time): the very object, kept
         # referenced, identifies this lending of the connection apart from later ones.
-        self._checkout = self._pool._out.get(conn)
+        # (Subscripts rather than .get(): a method call would cost more than the rest.)
+        try:
+            self._checkout = pool._out[conn]
+        except KeyError:  # already given back by another thread: nothing to return
+            self._checkout = None
         return conn
 
     def __exit__(
@@ -696,9 +704,12 @@ class _Borrow(Generic[CT]):
         exc_tb: TracebackType | None,
     ) -> None:
         conn = self._conn
-        assert conn is not None
-        self._conn = None
-        if self._pool._out.get(conn) is not self._checkout:
+        pool = self._pool
+        try:
+            current = pool._out[conn]
+        except KeyError:
+            current = None
+        if current is not self._checkout:
             # Given back during the block (conn.close() with close_returns=True), and
             # maybe lent to someone else already: a commit or rollback here would end
             # their transaction, a return would take their connection. Nothing to do.
@@ -710,7 +721,7 @@ class _Borrow(Generic[CT]):
             if exc_type is not None or conn.pgconn.transaction_status != IDLE:
                 conn.__exit__(exc_type, exc_val, exc_tb)
         finally:
-            self._pool.putconn(conn)
+            pool.putconn(conn)
 
 
 def _interrupted_close_reason(conn: Any) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from asyncio import get_running_loop
 from bisect import bisect_left
 from contextlib import suppress
 from time import monotonic
@@ -364,8 +365,11 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
         t0 = monotonic()
         if self._open_implicit:
             self._check_usable()
+        # async only: begin (a thread pool has no event loop to outlive)
         loop = self._loop
-        if loop is not None and loop.is_closed():
+        # Only a loop other than the running one can have ended; asking the running loop
+        # costs a C call, where is_closed() would cost a Python frame on every checkout.
+        if loop is not None and loop is not get_running_loop() and loop.is_closed():
             # Its workers ended with that loop: a connection lent now could not come back
             # (a return with a reset, a replacement, growth all run there).
             raise PoolClosed(
@@ -373,6 +377,7 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
                 " with it: open the pool in the event loop that uses it (for example"
                 " inside the coroutine given to asyncio.run()), or close it"
             )
+        # async only: end
         # The fast path, inlined (it is what almost every request takes): the same
         # bookkeeping as _take_idle_locked, _checkout_locked and _record_acquire_locked,
         # without their calls; acquire()/release() rather than `with`, which creates a
@@ -386,10 +391,6 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
                 conn = idle.popleft()
                 if len(idle) < self._nconns_min:
                     self._nconns_min = len(idle)
-                # _advance_used_locked, inlined
-                if now > self._used_since:
-                    self._used_area += (len(self._out) + self._transit) * (now - self._used_since)
-                    self._used_since = now
                 self._out[conn] = now
                 self._agg.requests += 1
                 wait = now - t0
@@ -502,7 +503,13 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
                 self._leak_stacks[conn] = stack
             if site is not None and conn in self._out:
                 self._sites[conn] = site
-            self._record_acquire_locked("ok", wait, queued=queued)
+            # _record_acquire_locked("ok", ...), inlined: most requests on a busy pool
+            # end here, and two calls cost more than the bookkeeping itself.
+            hist = self._acquire_ok
+            hist.counts[bisect_left(hist.bounds, wait)] += 1
+            hist.sum += wait
+            if queued:
+                self._agg.queued_wait_seconds += wait
         if self._observer:
             self._observer.on_acquire(wait, "ok", queued=queued)
             self._flush_notifications()
@@ -520,6 +527,11 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
             if not gave_up and waiter.conn is not None:
                 await self._giveback_unused(waiter.conn)
             raise
+        conn = waiter.conn
+        if conn is not None:
+            # Handed a connection: assign() settled the waiter, under the lock, before
+            # waking it, so there is nothing left to decide.
+            return conn
         with self._lock:
             timed_out = waiter.abandon()
             if timed_out:
@@ -614,25 +626,28 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
             lock.acquire()
             try:
                 now = monotonic()
-                # _advance_used_locked, inlined
-                if now > self._used_since:
-                    self._used_area += (len(self._out) + self._transit) * (now - self._used_since)
-                    self._used_since = now
                 t_out = self._out.pop(conn, None)
                 if t_out is None:
                     raise self._bad_return_error(conn)
                 if (
                     self._fast_checkout  # also: open, no leak tracking, no observer
-                    and not self._waiting
                     and conn._expire_at > now  # drain() expires the checked-out ones
                     and self._nconns <= self._max_size
                 ):
                     # The fast path, inlined: _checked_in_locked and _put_back_locked
-                    # for a healthy connection that nobody is waiting for.
+                    # (with _deliver_locked) for a healthy connection.
                     use = now - t_out
+                    self._out_done += use  # _end_checkout_locked, inlined (now is fresh)
                     hist = self._agg.use
                     hist.counts[bisect_left(hist.bounds, use)] += 1
                     hist.sum += use
+                    waiting = self._waiting
+                    while waiting:
+                        # Straight to the first request still waiting; one that gave up
+                        # first refuses it, and the next one is asked.
+                        if waiting.popleft().assign(conn):
+                            self._out[conn] = now
+                            return
                     conn._pool = None
                     self._idle_put(conn)
                     if self._pool_full_event is not None:
@@ -676,18 +691,25 @@ class _AsyncBorrow(Generic[ACT]):
     """What `AsyncConnectionPool.connection()` returns: a light context manager (`async with `)."""
 
     __slots__ = ("_checkout", "_conn", "_pool", "_timeout")
+    # Set by __aenter__ (each entry starts a new checkout); nothing to clear on exit:
+    # a second exit finds the checkout over and does nothing.
+    _conn: ACT
+    _checkout: float | None
 
     def __init__(self, pool: AsyncConnectionPool[ACT], timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
-        self._conn: ACT | None = None
-        self._checkout: float | None = None
 
     async def __aenter__(self) -> ACT:
-        self._conn = conn = await self._pool.getconn(self._timeout)
+        pool = self._pool
+        self._conn = conn = await pool.getconn(self._timeout)
         # The pool's record of this checkout (its start time): the very object, kept
         # referenced, identifies this lending of the connection apart from later ones.
-        self._checkout = self._pool._out.get(conn)
+        # (Subscripts rather than .get(): a method call would cost more than the rest.)
+        try:
+            self._checkout = pool._out[conn]
+        except KeyError:  # already given back by another thread: nothing to return
+            self._checkout = None
         return conn
 
     async def __aexit__(
@@ -697,9 +719,12 @@ class _AsyncBorrow(Generic[ACT]):
         exc_tb: TracebackType | None,
     ) -> None:
         conn = self._conn
-        assert conn is not None
-        self._conn = None
-        if self._pool._out.get(conn) is not self._checkout:
+        pool = self._pool
+        try:
+            current = pool._out[conn]
+        except KeyError:
+            current = None
+        if current is not self._checkout:
             # Given back during the block (conn.close() with close_returns=True), and
             # maybe lent to someone else already: a commit or rollback here would end
             # their transaction, a return would take their connection. Nothing to do.
@@ -711,7 +736,7 @@ class _AsyncBorrow(Generic[ACT]):
             if exc_type is not None or conn.pgconn.transaction_status != IDLE:
                 await conn.__aexit__(exc_type, exc_val, exc_tb)
         finally:
-            await self._pool.putconn(conn)
+            await pool.putconn(conn)
 
 
 def _interrupted_close_reason(conn: Any) -> str | None:
