@@ -16,7 +16,9 @@ from typing import Any
 
 import psycopg_pool
 
+from . import before
 from .peers import (
+    AsyncPsycopgStyle,
     Psycopg2Peer,
     PsycopgStyle,
     SQLAlchemyPeer,
@@ -45,14 +47,18 @@ def measure(dsn: str, rounds: int, ops: int) -> dict[str, dict[str, list[float]]
     """case -> library -> µs per operation, one value per round."""
     results: dict[str, dict[str, list[float]]] = {}
     variants = poolwatch_variants(dsn, 1)
+    old = before.load()
     sync = [
         *variants,
+        *([(PsycopgStyle(before.NAME, old, dsn, 1), lambda: None)] if old else []),
         (PsycopgStyle(BASELINE, psycopg_pool, dsn, 1), lambda: None),
         (Psycopg2Peer(dsn, 1), lambda: None),
         (SQLAlchemyPeer(dsn, 1), lambda: None),
     ]
     loop = new_loop()
     apeers = loop.run_until_complete(async_peers(dsn, 1))
+    if old is not None:
+        apeers.insert(1, loop.run_until_complete(AsyncPsycopgStyle(before.NAME, old).open(dsn, 1)))
     try:
         for r in range(rounds):
             for peer, scrape in sync:

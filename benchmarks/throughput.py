@@ -26,7 +26,7 @@ import psycopg_pool
 
 import poolwatch
 
-from . import harness
+from . import before, harness
 from .harness import DURATION, MEASURES, Measure, SyncOp
 from .peers import AsyncPeer, PsycopgStyle, SQLAlchemyPeer, SyncPeer, async_peers, new_loop
 
@@ -198,8 +198,10 @@ def _async_wait_op(peer: AsyncPeer) -> Callable[[], Any]:
 
 def contention(dsn: str, rounds: int, seconds: float) -> Results:
     out: Results = {}
+    old = before.load()
     peers: list[SyncPeer] = [
         PsycopgStyle("poolwatch", poolwatch, dsn, 4, kwargs=AUTOCOMMIT),
+        *([PsycopgStyle(before.NAME, old, dsn, 4, kwargs=AUTOCOMMIT)] if old else []),
         PsycopgStyle(BASELINE, psycopg_pool, dsn, 4, kwargs=AUTOCOMMIT),
         SQLAlchemyPeer(dsn, 4, autocommit=True),
     ]
