@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import (  # noqa: E402
+    before,
     checkout,
     connect,
     goals,
@@ -120,8 +121,8 @@ def main() -> int:
             " connection. Jain fairness of the per-worker completions in the fixed-duration"
             " runs: 1.0 when every worker got an equal share. Goals: 64 asyncio tasks ≥"
             " 1.25 x psycopg_pool in both measures with p99 wait no worse; 16 and 64"
-            " threads at least as good as the previous run (8,278 and 7,037 qps, p99 wait"
-            " 2.81 and 13.77 ms), Jain ≥ 0.99.",
+            f" threads at least as good as before (`{before.NAME}`, the code issue 17"
+            " started from, measured in the same rounds), Jain ≥ 0.99.",
             throughput.contention_table(
                 contention_results := throughput.contention(dsn, 3 if quick else 5, seconds)
             ),
@@ -200,11 +201,12 @@ def main() -> int:
     )
     sections.insert(0, (
         "Goals (issue 17) at a glance",
-        "Judged from the tables below, all from this one run. \"Before\" is the previous"
-        " published run; comparisons with it go by the ratio to psycopg_pool measured in"
-        " the same rounds, which the machine's load mostly cancels. Where a goal is"
-        " missed, the profile section and the CPU and context-switch columns show where"
-        " the time goes.",
+        "Judged from the tables below, all from this one run. \"Before\" is poolwatch as"
+        f" it was when the issue was filed (`{before.NAME}`, taken from git by"
+        " benchmarks/before.py), measured in the same rounds as today's code: the"
+        " comparison is the median of in-round ratios, which the machine's load mostly"
+        " cancels. Where a goal is missed, the profile section and the CPU and"
+        " context-switch columns show where the time goes.",
         goals.table(checkout_results, raw_results, contention_results),
     ))  # fmt: skip
     body = "\n".join(f"\n## {title}\n\n{intro}\n\n{table}\n" for title, intro, table in sections)
