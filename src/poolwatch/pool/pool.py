@@ -362,15 +362,19 @@ class ConnectionPool(PoolUpkeep[CT]):
             PoolClosed: the pool is closed, not open yet, inherited across fork(), or
                 (async pool) the event loop that opened it, where its workers ran, ended.
         """
-        t0 = monotonic()
         if self._open_implicit:
             self._check_usable()
         # The fast path, inlined (it is what almost every request takes): the same
         # bookkeeping as _take_idle_locked, _checkout_locked and _record_acquire_locked,
         # without their calls; acquire()/release() rather than `with`, which creates a
-        # bound method for every call.
+        # bound method for every call. A request that gets the lock at once has waited
+        # for nothing: its clock starts inside the lock, and its wait counts as zero.
         lock = self._lock
-        lock.acquire()
+        if lock.acquire(False):
+            t0 = None
+        else:
+            t0 = monotonic()
+            lock.acquire()
         try:
             now = monotonic()
             idle = self._idle
@@ -380,16 +384,21 @@ class ConnectionPool(PoolUpkeep[CT]):
                     self._nconns_min = len(idle)
                 self._out[conn] = now
                 self._agg.requests += 1
-                wait = now - t0
                 hist = self._acquire_ok
-                hist.counts[
-                    0 if wait <= _FIRST_ACQUIRE_BOUND else bisect_left(hist.bounds, wait)
-                ] += 1
-                hist.sum += wait
+                if t0 is None:
+                    hist.counts[0] += 1  # a wait of zero: the first bucket, nothing to add
+                else:
+                    wait = now - t0
+                    hist.counts[
+                        0 if wait <= _FIRST_ACQUIRE_BOUND else bisect_left(hist.bounds, wait)
+                    ] += 1
+                    hist.sum += wait
                 conn._pool = self
                 return conn  # type: ignore[no-any-return]
         finally:
             lock.release()
+        if t0 is None:
+            t0 = now
         waiter: Waiter | None = None
         err: Exception | None = None
         with self._lock:
