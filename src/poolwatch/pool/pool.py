@@ -395,14 +395,12 @@ class ConnectionPool(PoolUpkeep[CT]):
                     hist.sum += wait
                 conn._pool = self
                 return conn  # type: ignore[no-any-return]
-        finally:
-            lock.release()
-        if t0 is None:
-            t0 = now
-        waiter: Waiter | None = None
-        err: Exception | None = None
-        with self._lock:
-            now = monotonic()
+            # Not the fast path: go on in the same critical section (taking the lock
+            # again would cost a busy pool, where every request waits, a second round).
+            if t0 is None:
+                t0 = now
+            waiter: Waiter | None = None
+            err: Exception | None = None
             self._agg.requests += 1
             conn = None if self._closed else self._take_idle_locked(now)
             if conn is not None:
@@ -424,6 +422,8 @@ class ConnectionPool(PoolUpkeep[CT]):
                     outcome = "closed" if isinstance(ex, PoolClosed) else "too_many"
                     self._record_acquire_locked(outcome, now - t0, queued=False)
                     err = ex
+        finally:
+            lock.release()
         if err is not None:
             self._notify_acquire_failure(now - t0, err, queued=False)
             raise err
