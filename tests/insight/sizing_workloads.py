@@ -197,6 +197,14 @@ class Point:
     requests: int
     #: requests the prediction was made from (the one run at the measured size)
     measured_from: int
+    #: what the model was given: bursts of this many requests on average, and the
+    #: hold-time histogram's (upper bound, count) pairs
+    burst_size: float = 1.0
+    holds: tuple[tuple[float, int], ...] = ()
+
+    def inputs(self) -> str:
+        shown = ", ".join(f"<={b * 1000:g} ms: {n}" for b, n in self.holds if n)
+        return f"bursts of {self.burst_size:.2f}; holds {shown}"
 
 
 def prove(
@@ -267,6 +275,13 @@ def _prove_one(
                 measured_saturation=busy / (size * sum(m.seconds for m in runs)),
                 requests=len(waits),
                 measured_from=len(first.waits),
+                burst_size=first.window.burst_size,
+                holds=tuple(
+                    zip(
+                        (*first.window.recent.holds.bounds, math.inf),
+                        first.window.recent.holds.counts,
+                    )
+                ),
             )
         )
     return points

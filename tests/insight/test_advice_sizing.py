@@ -64,7 +64,8 @@ def test_prediction_at_other_sizes_matches_runs_there(
             f"{shape.name} at {p.size}: predicted wait p95 {p.predicted_wait_p95 * 1000:.1f} ms,"
             f" saturation {p.predicted_saturation:.2f}; measured"
             f" {p.measured_wait_p95 * 1000:.1f} ms, {p.measured_saturation:.2f} over"
-            f" {p.requests} requests (predicted from {p.measured_from} at size {MEASURE_AT})"
+            f" {p.requests} requests (predicted from {p.measured_from} at size {MEASURE_AT}:"
+            f" {p.inputs()})"
         )
         print(report)
         # the checked size must make requests wait, or the floor would prove nothing
