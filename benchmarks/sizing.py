@@ -80,10 +80,12 @@ def intro(quick: bool) -> str:
 
 
 def _error(guess: float, truth: float, floor: float = 0.0) -> str:
-    if abs(guess - truth) <= floor:
-        return f"within {floor * 1000:g} ms"
     text = f"{abs(guess - truth) / truth:.0%}" if truth else "-"
-    return text if within(guess, truth, floor) else f"{text} (over)"
+    if within(guess, truth):
+        return text
+    if within(guess, truth, floor):
+        return f"{text} (within {floor * 1000:g} ms)"
+    return f"{text} (over)"
 
 
 def table(points: list[Point]) -> str:
