@@ -20,7 +20,7 @@ waits by about 13%: too close to 25% to tell a wrong model from chance in CI.
 
 What this proof needs from the machine: CPU for the harness's 21 pools (about 1,200
 requests a second, well under one core). On a CPU-starved machine (load averages of
-7-18 on 2 cores, the shared development VM) it failed 6 runs in 9, mostly held-idle at 3:
+7-18 on 2 cores, the shared development VM) it failed 6 runs in 11, mostly held-idle at 3:
 stalls of a whole process lengthen every held connection at once, so the waits run
 up to 4 times the prediction although the saturation still matches. The model draws each
 hold on its own and cannot see that; the failure message shows the hold histogram the
