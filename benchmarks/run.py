@@ -5,7 +5,8 @@
 
 Sections: checkout cost against every peer; SELECT 1 against raw connections;
 contention and fairness; connect-per-request against pooled, on loopback and over
-added latency; metrics on against off; /metrics rendering. Medians over rounds,
+added latency; metrics on against off; /metrics rendering; the sizing proof (the
+advice's predicted wait p95 and saturation against runs at those sizes). Medians over rounds,
 ratios taken within a round, and a spread column for how noisy the machine was.
 Benchmarks never run in the test suite.
 """
@@ -32,6 +33,7 @@ from benchmarks import (  # noqa: E402
     memory,
     metrics_cost,
     query_profile,
+    sizing,
     throughput,
     web,
 )
@@ -181,6 +183,12 @@ def main() -> int:
             " renders; prometheus_client's generic exposition of the same families beside"
             " it.",
             metrics_cost.render_table(metrics_cost.render_costs(dsn, (1, 10, 100))),
+        ))  # fmt: skip
+        print("bench: sizing proof", file=sys.stderr)
+        sections.append((
+            sizing.TITLE,
+            sizing.intro(quick),
+            sizing.table(sizing.measure(dsn, quick)),
         ))  # fmt: skip
     finally:
         if cluster is not None:

@@ -20,8 +20,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-#: requests simulated per size: enough for a stable p99 (the top 1% holds ~90 of them)
-DEFAULT_REQUESTS = 10_000
+#: requests simulated per size. A queue near saturation remembers its bursts for a
+#: while, so its p95 settles slowly: with 10,000 requests the p95 at 80% saturation
+#: moved by up to half between seeds, with 100,000 by under 10%.
+DEFAULT_REQUESTS = 100_000
+#: an overloaded size (more work offered than it can do) only needs its timeouts
+#: counted, which a shorter replay gives: this bounds the work for small sizes
+OVERLOADED_REQUESTS = 10_000
 #: the first requests find an empty pool; they are simulated but not counted
 WARM_UP_SHARE = 0.1
 SEED = 16
@@ -197,7 +202,11 @@ def predict(
         if no_wait_from is not None and size > no_wait_from:
             out[size] = Prediction(size, 0.0, 0.0, 0.0, 0.0, min(1.0, in_use / size), 0.0)
             continue
-        out[size] = _simulate(trace, size, workload.timeout)
+        replay = trace
+        if in_use >= size:
+            cut = min(len(trace.arrivals), OVERLOADED_REQUESTS)
+            replay = _Trace(trace.arrivals[:cut], trace.holds[:cut])
+        out[size] = _simulate(replay, size, workload.timeout)
         if out[size].waited_share == 0.0:
             no_wait_from = size
     return [out[s] for s in sizes]
