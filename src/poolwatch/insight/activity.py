@@ -234,7 +234,7 @@ def watch(
             f"with export_call_sites, top must be at most {MAX_EXPORTED_SITES}, got {top}"
         )
     # first, so that a pool refusing attribution (SQLAlchemy's) is left as it was
-    pool.track_call_sites(SiteFinder(skip) if call_sites else None)
+    pool.track_call_sites(SiteFinder(skip).checkout_site if call_sites else None)
     insight = SAMPLER.get(pool)
     if insight is None or insight.table.top != top:
         fresh = PoolInsight(top=top, export_call_sites=export_call_sites)

@@ -392,6 +392,8 @@ class ConnectionPool(PoolUpkeep[CT]):
                     self._used_area += (len(self._out) + self._transit) * (now - self._used_since)
                     self._used_since = now
                 self._out[conn] = now
+                if self._site_of is not None:  # call-site attribution, a few hundred ns
+                    self._sites[conn] = self._site_of()
                 self._agg.requests += 1
                 wait = now - t0
                 hist = self._acquire_ok
@@ -629,6 +631,8 @@ class ConnectionPool(PoolUpkeep[CT]):
                     # The fast path, inlined: _checked_in_locked and _put_back_locked
                     # for a healthy connection that nobody is waiting for.
                     use = now - t_out
+                    if self._sites:
+                        self._sites.pop(conn, None)
                     hist = self._agg.use
                     hist.counts[bisect_left(hist.bounds, use)] += 1
                     hist.sum += use
