@@ -203,3 +203,37 @@ def test_a_thread_whose_target_is_getconn_is_unknown(dsn):
         finally:
             unwatch(pool)
     assert site_seen == "(unknown)"
+
+
+def test_sites_stay_right_when_borrowing_styles_alternate(dsn):
+    # the finder remembers the last plumbing frame met right above the pool and steps
+    # over it next time: alternating styles must not make it skip a borrower's frame
+    def through_getconn(pool) -> tuple[str | None, str]:
+        line = inspect.currentframe().f_lineno + 1
+        conn = pool.getconn()
+        (held,) = held_sites(pool)
+        pool.putconn(conn)
+        return held, site(line, "through_getconn")
+
+    def through_connection(pool) -> tuple[str | None, str]:
+        line = inspect.currentframe().f_lineno + 1
+        with pool.connection():
+            (held,) = held_sites(pool)
+        return held, site(line, "through_connection")
+
+    def through_helper(pool) -> tuple[str | None, str]:
+        line = inspect.currentframe().f_lineno + 1
+        with _HELPERS["transaction"](pool):
+            (held,) = held_sites(pool)
+        return held, site(line, "through_helper")
+
+    with ConnectionPool(dsn, min_size=1, name="mixed-sites") as pool:
+        pool.wait()
+        watch(pool, call_sites=True, skip=["mycompany"])
+        try:
+            order = [through_connection, through_getconn, through_helper, through_connection]
+            for borrow in order * 3:
+                held, want = borrow(pool)
+                assert held == want, borrow.__name__
+        finally:
+            unwatch(pool)

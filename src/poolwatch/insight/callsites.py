@@ -96,6 +96,9 @@ class SiteFinder:
         # for a borrower's code. The code object in the value keeps its id from being
         # given to another code object while the entry exists.
         self._codes: dict[int, tuple[CodeType, dict[int, str] | None]] = {}
+        # The last plumbing code met first (right above the pool): skipped without a
+        # look-up next time. Only ever plumbing, so skipping it is always right.
+        self._hop: CodeType | None = None
 
     def __call__(self) -> str:
         return self.checkout_site()  # its frame is skipped, so the walk starts at our caller
@@ -104,17 +107,25 @@ class SiteFinder:
         """The site of the checkout under way; skips the frame of whoever calls this."""
         # _getframe(2) makes a frame object for the first frame looked at only: the
         # caller's (the pool's) is plumbing by definition and is not materialised.
-        # Subscripts rather than .get(): a hit (nearly every call) is cheaper, and a
-        # miss happens once per code object or line.
         try:
             frame = sys._getframe(2)
         except ValueError:  # the caller is the outermost frame (a thread's own target)
             return UNKNOWN
-        codes = self._codes
+        code = frame.f_code
         passed = 0  # plumbing frames walked past
+        if code is self._hop:  # pool.connection()'s own frame, usually: step over it
+            back = frame.f_back
+            if back is None:
+                return UNKNOWN
+            frame = back
+            code = frame.f_code
+            passed = 1
+        # Subscripts rather than .get(): a hit (nearly every call) is cheaper, and a
+        # miss happens once per code object or line.
+        codes = self._codes
         while True:
             try:
-                lines = codes[id(frame.f_code)][1]
+                lines = codes[id(code)][1]
             except KeyError:
                 lines = self._learn(frame)
             if lines is not None:
@@ -122,11 +133,14 @@ class SiteFinder:
                     return lines[frame.f_lasti]
                 except KeyError:
                     return self._name(frame, lines)
+            if passed == 0:  # the first frame above the pool, and plumbing
+                self._hop = code
             passed += 1
             back = frame.f_back
             if back is None or passed >= _MAX_DEPTH:
                 return UNKNOWN
             frame = back
+            code = frame.f_code
 
     def _learn(self, frame: FrameType) -> dict[int, str] | None:
         """Decide once whether *frame*'s code is plumbing (the module it was defined in).
