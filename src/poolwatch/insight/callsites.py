@@ -12,8 +12,8 @@ object, and a name by that identity and the borrower's instruction offset: hashi
 code object hashes its bytecode and constants (hundreds of ns for a large function),
 an ``id()`` costs nothing, and reading ``f_lasti`` is cheaper than ``f_lineno``, which
 decodes the line table. Each cache entry holds its code object, so an identity cannot
-be reused by another code object while its entry exists. A checkout through
-``pool.connection()`` costs about three look-ups (see benchmarks/RESULTS.md).
+be reused by another code object while its entry exists. A repeated checkout costs
+two frame reads and two look-ups, a few hundred ns (see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
