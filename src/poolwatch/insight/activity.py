@@ -218,9 +218,10 @@ def watch(
 
     With *call_sites*, every checkout is attributed to the code that took it (see
     `poolwatch.insight.callsites`): *skip* adds module names to treat as plumbing, *top*
-    bounds the table. That costs the checkout its fast path (a few microseconds, see
-    benchmarks/RESULTS.md), so it is off unless asked for. *export_call_sites* also
-    exports the table to Prometheus, at most `MAX_EXPORTED_SITES` sites per pool.
+    bounds the table. Every checkout then pays for a short walk up its stack, a few
+    hundred nanoseconds on the fast path (see benchmarks/RESULTS.md), so it is off
+    unless asked for. *export_call_sites* also exports the table to Prometheus, at
+    most `MAX_EXPORTED_SITES` sites per pool.
 
     Watching a pool again changes its settings and keeps its totals.
     """
@@ -234,7 +235,7 @@ def watch(
             f"with export_call_sites, top must be at most {MAX_EXPORTED_SITES}, got {top}"
         )
     # first, so that a pool refusing attribution (SQLAlchemy's) is left as it was
-    pool.track_call_sites(SiteFinder(skip) if call_sites else None)
+    pool.track_call_sites(SiteFinder(skip).checkout_site if call_sites else None)
     insight = SAMPLER.get(pool)
     if insight is None or insight.table.top != top:
         fresh = PoolInsight(top=top, export_call_sites=export_call_sites)

@@ -345,13 +345,13 @@ class BasePool:
         self._closed_flag = value
         # getconn/putconn take their inlined fast paths only when nothing else (a check
         # callback, leak tracking, an observer, a closed pool) needs the general ones.
+        # Call-site attribution does not: the fast paths record and forget the site.
         self._fast_checkout = (
             not value
             and self._FAST_PATHS
             and getattr(self, "_check", None) is None
             and self.leak_timeout is None
             and self._observer is None
-            and getattr(self, "_site_of", None) is None
         )
 
     @property
@@ -410,14 +410,14 @@ class BasePool:
     def track_call_sites(self, site_of: Callable[[], str] | None) -> None:
         """Name every checkout's borrower with *site_of*, called in the borrower's context.
 
-        None turns attribution off. While it is on, checkouts take the general path
-        (as with leak tracking): *site_of* runs once per checkout.
+        None turns attribution off. While it is on, *site_of* runs once per checkout,
+        under the pool lock and on the fast path too: it must be cheap (the
+        `poolwatch.insight.callsites.SiteFinder` caches what it learns).
         """
         with self._lock:
             self._site_of = site_of
             if site_of is None:
                 self._sites.clear()
-            self._closed = self._closed_flag  # recompute the fast-path switch
 
     def snapshot(self) -> PoolSnapshot:
         """The pool's state now, read under the lock so that the numbers agree."""

@@ -383,6 +383,8 @@ class ConnectionPool(PoolUpkeep[CT]):
                 if len(idle) < self._nconns_min:
                     self._nconns_min = len(idle)
                 self._out[conn] = now
+                if self._site_of is not None:  # call-site attribution, a few hundred ns
+                    self._sites[conn] = self._site_of()
                 self._agg.requests += 1
                 hist = self._acquire_ok
                 if t0 is None:
@@ -632,6 +634,8 @@ class ConnectionPool(PoolUpkeep[CT]):
                     # (with _deliver_locked) for a healthy connection.
                     use = now - t_out
                     self._out_done += use  # _end_checkout_locked, inlined (now is fresh)
+                    if self._sites:
+                        self._sites.pop(conn, None)
                     hist = self._agg.use
                     hist.counts[bisect_left(hist.bounds, use)] += 1
                     hist.sum += use
