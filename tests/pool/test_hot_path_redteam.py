@@ -114,3 +114,186 @@ def test_used_seconds_equal_the_hold_times_with_hand_offs(dsn):
         used = s.used_seconds_total - base
         assert held[0] - 1e-6 <= used <= spans[0] + 1e-6
         assert used == pytest.approx(pool.aggregates().use.sum, abs=1e-6)
+
+
+# --- a request timing out at the instant a connection is handed to it ---------------
+
+ROUNDS = 40
+TIMEOUTS = (0.0005, 0.001, 0.002, 0.004)  # about as long as a hold: timeouts race hand-offs
+
+
+def _assert_accounted(pool, ok: int, timeouts: int) -> None:
+    agg = pool.aggregates()
+    snap = pool.snapshot()
+    assert ok > 0 and timeouts > 0  # both sides of the race happened
+    assert agg.requests == ok + timeouts
+    assert agg.acquire["ok"].count == ok
+    assert agg.acquire["timeout"].count == timeouts
+    assert sum(h.count for h in agg.acquire.values()) == ok + timeouts
+    assert agg.use.count == ok  # every lending came back once, none twice
+    assert (snap.size, snap.idle, snap.used, snap.waiting) == (1, 1, 0, 0)
+    assert snap.used_seconds_total == pytest.approx(agg.use.sum, abs=1e-6)
+
+
+def test_sync_timeouts_racing_hand_offs_lose_and_double_nothing(dsn):
+    import sys
+    import threading
+
+    from poolwatch import PoolTimeout
+
+    with ConnectionPool(dsn, min_size=1, max_size=1) as pool:
+        pool.wait(timeout=30)
+        counts = {"ok": 0, "timeout": 0}
+        lock = threading.Lock()
+
+        def worker(k: int) -> None:
+            for i in range(ROUNDS):
+                try:
+                    conn = pool.getconn(timeout=TIMEOUTS[(i + k) % len(TIMEOUTS)])
+                except PoolTimeout:
+                    with lock:
+                        counts["timeout"] += 1
+                    continue
+                time.sleep(0.0005)
+                pool.putconn(conn)
+                with lock:
+                    counts["ok"] += 1
+
+        before = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+        finally:
+            sys.setswitchinterval(before)
+        assert not any(t.is_alive() for t in threads)
+        _assert_accounted(pool, counts["ok"], counts["timeout"])
+
+
+async def test_async_timeouts_racing_hand_offs_lose_and_double_nothing(dsn):
+    from poolwatch import PoolTimeout
+
+    async with AsyncConnectionPool(dsn, min_size=1, max_size=1) as pool:
+        await pool.wait(timeout=30)
+        counts = {"ok": 0, "timeout": 0}
+
+        async def worker(k: int) -> None:
+            for i in range(ROUNDS):
+                try:
+                    conn = await pool.getconn(timeout=TIMEOUTS[(i + k) % len(TIMEOUTS)])
+                except PoolTimeout:
+                    counts["timeout"] += 1
+                    continue
+                await asyncio.sleep(0.0005)
+                await pool.putconn(conn)
+                counts["ok"] += 1
+
+        await asyncio.wait_for(asyncio.gather(*(worker(k) for k in range(6))), 120)
+        _assert_accounted(pool, counts["ok"], counts["timeout"])
+
+
+async def test_cross_loop_timeouts_racing_hand_offs_lose_and_double_nothing(dsn):
+    import threading
+
+    from poolwatch import PoolTimeout
+
+    async with AsyncConnectionPool(dsn, min_size=1, max_size=1) as pool:
+        await pool.wait(timeout=30)
+        counts = {"ok": 0, "timeout": 0}
+        lock = threading.Lock()
+
+        async def worker(k: int) -> None:
+            for i in range(ROUNDS):
+                try:
+                    conn = await pool.getconn(timeout=TIMEOUTS[(i + k) % len(TIMEOUTS)])
+                except PoolTimeout:
+                    with lock:
+                        counts["timeout"] += 1
+                    continue
+                await asyncio.sleep(0.0005)
+                await pool.putconn(conn)
+                with lock:
+                    counts["ok"] += 1
+
+        other = asyncio.new_event_loop()
+        thread = threading.Thread(target=other.run_forever, daemon=True)
+        thread.start()
+        try:
+            there = [
+                asyncio.wrap_future(asyncio.run_coroutine_threadsafe(worker(k), other))
+                for k in range(3)
+            ]
+            here = [worker(k) for k in range(3, 6)]
+            await asyncio.wait_for(asyncio.gather(*there, *here), 120)
+        finally:
+            other.call_soon_threadsafe(other.stop)
+            thread.join(10)
+            other.close()
+        _assert_accounted(pool, counts["ok"], counts["timeout"])
+
+
+# --- the borrow's relend protection ---------------------------------------------------
+
+
+def test_putconn_inside_the_block_then_relent_is_left_alone(dsn):
+    with ConnectionPool(dsn, min_size=1, max_size=1) as pool:
+        pool.wait(timeout=30)
+        borrow = pool.connection(timeout=5)
+        with borrow as conn:
+            pool.putconn(conn)  # the user gives it back by hand
+            second = pool.getconn(timeout=5)
+            assert second is conn
+            second.execute("SELECT 1")  # opens a transaction the exit must not end
+        assert second.info.transaction_status == 2  # INTRANS: left alone
+        assert pool.snapshot().used == 1
+        second.rollback()
+        pool.putconn(second)
+        # The borrow is reusable once its block ended.
+        with borrow as third:
+            assert third is conn
+        s = pool.snapshot()
+        assert (s.used, s.idle) == (0, 1)
+
+
+def test_exiting_a_borrow_twice_returns_once(dsn):
+    from contextlib import ExitStack
+
+    with ConnectionPool(dsn, min_size=1, max_size=1) as pool:
+        pool.wait(timeout=30)
+        borrow = pool.connection(timeout=5)
+        conn = borrow.__enter__()
+        borrow.__exit__(None, None, None)
+        other = pool.getconn(timeout=5)  # lent again to someone else
+        assert other is conn
+        with ExitStack():
+            borrow.__exit__(None, None, None)  # a stray second exit: must not take it
+        assert pool.snapshot().used == 1
+        pool.putconn(other)
+        assert pool.aggregates().use.count == 2
+
+
+def test_asyncio_run_twice_refuses_the_dead_loops_pool(dsn):
+    from poolwatch import PoolClosed
+
+    pool = AsyncConnectionPool(dsn, min_size=1, open=False)
+
+    async def first() -> None:
+        await pool.open()
+        await pool.wait(timeout=30)
+        conn = await pool.getconn(timeout=5)
+        await pool.putconn(conn)
+
+    async def second() -> None:
+        with pytest.raises(PoolClosed, match="event loop"):
+            await pool.getconn(timeout=5)
+        with pytest.raises(PoolClosed, match="event loop"):
+            async with pool.connection(timeout=5):
+                pass  # pragma: no cover
+        await pool.close()
+
+    asyncio.run(first())
+    asyncio.run(second())
+    assert pool.snapshot().used == 0
