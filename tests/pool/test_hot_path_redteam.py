@@ -297,3 +297,37 @@ def test_asyncio_run_twice_refuses_the_dead_loops_pool(dsn):
     asyncio.run(first())
     asyncio.run(second())
     assert pool.snapshot().used == 0
+
+
+# --- a waiter whose event loop ended while it waited ----------------------------------
+
+
+async def test_hand_off_skips_a_waiter_whose_loop_ended(dsn):
+    import threading
+
+    async with AsyncConnectionPool(dsn, min_size=1, max_size=1, timeout=60) as pool:
+        await pool.wait(timeout=30)
+        held = await pool.getconn()
+        other = asyncio.new_event_loop()
+        thread = threading.Thread(target=other.run_forever, daemon=True)
+        thread.start()
+        orphan = asyncio.run_coroutine_threadsafe(pool.getconn(timeout=60), other)
+        for _ in range(500):  # bounded: until the other loop's request is queued
+            if pool.snapshot().waiting == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert pool.snapshot().waiting == 1
+        # The thread's loop ends with its request still waiting: nobody can take a
+        # connection there any more.
+        other.call_soon_threadsafe(other.stop)
+        thread.join(10)
+        assert not thread.is_alive()
+        other.close()
+        await pool.putconn(held)
+        # The connection is not lent to the dead request: it stays usable here.
+        s = pool.snapshot()
+        assert (s.used, s.idle) == (0, 1)
+        again = await pool.getconn(timeout=5)
+        assert again is held
+        await pool.putconn(again)
+        assert not orphan.done()  # its loop ended before it could finish
