@@ -7,6 +7,7 @@ the pool reports used or idle, and the hold times it records around each checkou
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -331,3 +332,121 @@ async def test_hand_off_skips_a_waiter_whose_loop_ended(dsn):
         assert again is held
         await pool.putconn(again)
         assert not orphan.done()  # its loop ended before it could finish
+
+
+# --- used seconds under everything at once -----------------------------------------
+
+
+@pytest.mark.parametrize("with_reset", [False, True])
+def test_used_seconds_never_step_back_and_cover_every_hold(dsn, with_reset):
+    """Checkouts, hand-offs, resets, checks, drains and resizes race a reader.
+
+    The reader's values never go down; at the end the counter covers every hold the
+    workers timed (and every reset the callback timed), and without resets it is the
+    sum of the uses exactly.
+    """
+    import sys
+    import threading
+
+    resets: list[float] = []
+
+    def reset(conn) -> None:
+        t = time.monotonic()
+        time.sleep(0.0005)
+        resets.append(time.monotonic() - t)
+
+    kwargs = {"reset": reset} if with_reset else {}
+    with ConnectionPool(dsn, min_size=2, max_size=3, timeout=60, **kwargs) as pool:
+        pool.wait(timeout=30)
+        base = pool.snapshot().used_seconds_total
+        held: list[float] = []
+        readings: list[float] = []
+        done = threading.Event()
+
+        def worker() -> None:
+            for i in range(30):
+                conn = pool.getconn()
+                t1 = time.monotonic()
+                if i % 5 == 0:
+                    conn.execute("SELECT 1").fetchall()
+                    conn.rollback()
+                t2 = time.monotonic()
+                pool.putconn(conn)
+                held.append(t2 - t1)
+
+        def reader() -> None:
+            for _ in range(100_000):  # bounded; stops when the workers are done
+                if done.is_set():
+                    break
+                readings.append(pool.snapshot().used_seconds_total)
+
+        def upkeep() -> None:
+            for i in range(10):
+                if done.is_set():
+                    break
+                pool.drain()
+                pool.resize(2, 3 if i % 2 else 4)
+                pool.check()
+                time.sleep(0.005)
+
+        before = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            workers = [threading.Thread(target=worker) for _ in range(5)]
+            others = [threading.Thread(target=reader), threading.Thread(target=upkeep)]
+            for t in workers + others:
+                t.start()
+            for t in workers:
+                t.join(timeout=180)
+            done.set()
+            for t in others:
+                t.join(timeout=60)
+        finally:
+            sys.setswitchinterval(before)
+        assert not any(t.is_alive() for t in workers + others)
+        for _ in range(500):  # bounded: until the last resets are over
+            if pool.snapshot().used == 0:
+                break
+            time.sleep(0.01)
+        s = pool.snapshot()
+        assert s.used == 0
+        assert len(readings) > 0
+        assert all(b >= a for a, b in itertools.pairwise(readings))
+        used = s.used_seconds_total - base
+        agg = pool.aggregates()
+        assert agg.use.count == 5 * 30
+        assert used >= sum(held) + sum(resets) - 1e-6
+        if not with_reset:
+            assert used == pytest.approx(agg.use.sum, abs=1e-6)
+
+
+def test_null_pool_used_seconds_are_the_uses_with_hand_offs(dsn):
+    import threading
+
+    from poolwatch import NullConnectionPool
+
+    with NullConnectionPool(dsn, max_size=1, timeout=60) as pool:
+        held: list[float] = []
+
+        def worker() -> None:
+            for _ in range(5):
+                conn = pool.getconn()
+                t1 = time.monotonic()
+                time.sleep(0.001)
+                t2 = time.monotonic()
+                pool.putconn(conn)  # handed to a waiter when there is one, else closed
+                held.append(t2 - t1)
+
+        threads = [threading.Thread(target=worker) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads)
+        s = pool.snapshot()
+        agg = pool.aggregates()
+        assert (s.used, s.waiting) == (0, 0)
+        assert agg.use.count == 15
+        assert agg.waits > 0  # some requests were served by a hand-off
+        assert s.used_seconds_total >= sum(held) - 1e-6
+        assert s.used_seconds_total == pytest.approx(agg.use.sum, abs=1e-6)
