@@ -450,3 +450,49 @@ def test_null_pool_used_seconds_are_the_uses_with_hand_offs(dsn):
         assert agg.waits > 0  # some requests were served by a hand-off
         assert s.used_seconds_total >= sum(held) - 1e-6
         assert s.used_seconds_total == pytest.approx(agg.use.sum, abs=1e-6)
+
+
+async def test_cross_loop_cancel_right_after_hand_off_gives_the_connection_back(dsn):
+    import threading
+
+    async with AsyncConnectionPool(dsn, min_size=1, max_size=1, timeout=60) as pool:
+        await pool.wait(timeout=30)
+        held = await pool.getconn()
+        other = asyncio.new_event_loop()
+        thread = threading.Thread(target=other.run_forever, daemon=True)
+        thread.start()
+        try:
+            tasks: list[asyncio.Task] = []
+
+            async def start() -> None:
+                tasks.append(asyncio.ensure_future(pool.getconn(timeout=60)))
+
+            asyncio.run_coroutine_threadsafe(start(), other).result(10)
+            for _ in range(500):  # bounded: until the other loop's request is queued
+                if pool.snapshot().waiting == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert pool.snapshot().waiting == 1
+            await pool.putconn(held)  # assigned here, woken over there
+            other.call_soon_threadsafe(tasks[0].cancel)  # right behind the wake-up
+
+            async def outcome() -> str:
+                try:
+                    conn = await tasks[0]
+                except asyncio.CancelledError:
+                    return "cancelled"
+                await pool.putconn(conn)  # the wake-up won: it got the connection
+                return "served"
+
+            result = asyncio.run_coroutine_threadsafe(outcome(), other).result(30)
+            assert result in ("cancelled", "served")
+            for _ in range(500):  # bounded: the give-back may run on the other loop
+                if pool.snapshot().idle == 1:
+                    break
+                await asyncio.sleep(0.01)
+            s = pool.snapshot()
+            assert (s.used, s.idle, s.waiting) == (0, 1, 0)
+        finally:
+            other.call_soon_threadsafe(other.stop)
+            thread.join(10)
+            other.close()
