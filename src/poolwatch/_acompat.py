@@ -254,7 +254,11 @@ class AWaiter:
             return False
         self.settled = True
         self.conn = conn
-        self._wake()
+        if not self._wake():
+            # Its event loop ended while it waited: the request can never take the
+            # connection, which the caller gives to the next waiter or keeps idle.
+            self.conn = None
+            return False
         return True
 
     def fail(self, error: BaseException) -> bool:
@@ -265,7 +269,8 @@ class AWaiter:
         self._wake()
         return True
 
-    def _wake(self) -> None:
+    def _wake(self) -> bool:
+        """Wake the waiting request; False if its event loop has ended (nobody to wake)."""
         # The waiter's request may run on another event loop (another thread) than the
         # code settling it: its future is then woken through its own loop. The usual
         # case, a hand-off inside the waiter's own loop, wakes it directly.
@@ -277,8 +282,11 @@ class AWaiter:
             fut = self._fut
             if not fut.done():  # _wake_here, inlined
                 fut.set_result(None)
-        else:
-            _call_in_loop(self._loop, self._wake_here)
+            return True
+        if self._loop.is_closed():
+            return False
+        _call_in_loop(self._loop, self._wake_here)
+        return True
 
     def _wake_here(self) -> None:
         if not self._fut.done():

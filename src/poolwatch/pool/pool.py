@@ -689,8 +689,9 @@ class _Borrow(Generic[CT]):
     """What `ConnectionPool.connection()` returns: a light context manager (`with `)."""
 
     __slots__ = ("_checkout", "_conn", "_pool", "_timeout")
-    # Set by __enter__ (each entry starts a new checkout); nothing to clear on exit:
-    # a second exit finds the checkout over and does nothing.
+    # Set by __enter__ (each entry starts a new checkout). __exit__ deletes _conn: an
+    # entry while it is set would overwrite the lending the open block still owns (its
+    # connection then never comes back), and a second exit has nothing to do.
     _conn: CT
     _checkout: float | None
 
@@ -699,6 +700,12 @@ class _Borrow(Generic[CT]):
         self._timeout = timeout
 
     def __enter__(self) -> CT:
+        try:
+            self._conn  # noqa: B018 - set only while a block is open
+        except AttributeError:
+            pass
+        else:
+            raise RuntimeError("this connection() context is already open: create another")
         pool = self._pool
         self._conn = conn = pool.getconn(self._timeout)
         # The pool's record of this checkout (its start time): the very object, kept
@@ -716,7 +723,11 @@ class _Borrow(Generic[CT]):
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        conn = self._conn
+        try:
+            conn = self._conn
+        except AttributeError:  # exited already
+            return
+        del self._conn
         pool = self._pool
         try:
             current = pool._out[conn]

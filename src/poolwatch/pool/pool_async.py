@@ -704,8 +704,9 @@ class _AsyncBorrow(Generic[ACT]):
     """What `AsyncConnectionPool.connection()` returns: a light context manager (`async with `)."""
 
     __slots__ = ("_checkout", "_conn", "_pool", "_timeout")
-    # Set by __aenter__ (each entry starts a new checkout); nothing to clear on exit:
-    # a second exit finds the checkout over and does nothing.
+    # Set by __aenter__ (each entry starts a new checkout). __aexit__ deletes _conn: an
+    # entry while it is set would overwrite the lending the open block still owns (its
+    # connection then never comes back), and a second exit has nothing to do.
     _conn: ACT
     _checkout: float | None
 
@@ -714,6 +715,12 @@ class _AsyncBorrow(Generic[ACT]):
         self._timeout = timeout
 
     async def __aenter__(self) -> ACT:
+        try:
+            self._conn  # noqa: B018 - set only while a block is open
+        except AttributeError:
+            pass
+        else:
+            raise RuntimeError("this connection() context is already open: create another")
         pool = self._pool
         self._conn = conn = await pool.getconn(self._timeout)
         # The pool's record of this checkout (its start time): the very object, kept
@@ -731,7 +738,11 @@ class _AsyncBorrow(Generic[ACT]):
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        conn = self._conn
+        try:
+            conn = self._conn
+        except AttributeError:  # exited already
+            return
+        del self._conn
         pool = self._pool
         try:
             current = pool._out[conn]
