@@ -385,12 +385,12 @@ class ConnectionPool(PoolUpkeep[CT]):
                 self._out[conn] = now
                 if self._site_of is not None:  # call-site attribution, a few hundred ns
                     self._sites[conn] = self._site_of()
-                self._agg.requests += 1
-                hist = self._acquire_ok
                 if t0 is None:
-                    hist.counts[0] += 1  # a wait of zero: the first bucket, nothing to add
+                    self._instant += 1  # a request, its wait zero (see BasePool._instant)
                 else:
+                    self._agg.requests += 1
                     wait = now - t0
+                    hist = self._acquire_ok
                     hist.counts[
                         0 if wait <= _FIRST_ACQUIRE_BOUND else bisect_left(hist.bounds, wait)
                     ] += 1
@@ -689,22 +689,19 @@ class _Borrow(Generic[CT]):
     """What `ConnectionPool.connection()` returns: a light context manager (`with `)."""
 
     __slots__ = ("_checkout", "_conn", "_pool", "_timeout")
-    # Set by __enter__ (each entry starts a new checkout). __exit__ deletes _conn: an
-    # entry while it is set would overwrite the lending the open block still owns (its
-    # connection then never comes back), and a second exit has nothing to do.
-    _conn: CT
+    # _conn is set by __enter__ and cleared by __exit__: an entry while it is set would
+    # overwrite the lending the open block still owns (its connection then never comes
+    # back), and a second exit has nothing to do. (A None test, not a missing slot:
+    # raising and catching AttributeError on every entry would cost a microsecond.)
     _checkout: float | None
 
     def __init__(self, pool: ConnectionPool[CT], timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
+        self._conn: CT | None = None
 
     def __enter__(self) -> CT:
-        try:
-            self._conn  # noqa: B018 - set only while a block is open
-        except AttributeError:
-            pass
-        else:
+        if self._conn is not None:
             raise RuntimeError("this connection() context is already open: create another")
         pool = self._pool
         self._conn = conn = pool.getconn(self._timeout)
@@ -723,11 +720,10 @@ class _Borrow(Generic[CT]):
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        try:
-            conn = self._conn
-        except AttributeError:  # exited already
+        conn = self._conn
+        if conn is None:  # exited already
             return
-        del self._conn
+        self._conn = None
         pool = self._pool
         try:
             current = pool._out[conn]
