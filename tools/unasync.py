@@ -70,7 +70,6 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\btasks_async\b", "tasks"),
     (r"\bupkeep_async\b", "upkeep"),
     (r"\b_ASYNC = True\b", "_ASYNC = False"),
-    (r"^from asyncio import get_running_loop\n", ""),  # only used by "async only" code
     (r"Callable\[\[\], Awaitable\[None\]\]", "Callable[[], None]"),
     (r"^from collections\.abc import Awaitable, Callable$", "from collections.abc import Callable"),
 ]

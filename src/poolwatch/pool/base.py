@@ -356,6 +356,8 @@ class BasePool:
             and getattr(self, "_check", None) is None
             and self.leak_timeout is None
             and self._observer is None
+            # async pools: not after asyncio.run() cancelled the workers (loop ending)
+            and not getattr(self, "_runners_ended", False)
         )
 
     @property

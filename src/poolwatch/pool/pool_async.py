@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from asyncio import get_running_loop
 from bisect import bisect_left
 from contextlib import suppress
 from time import monotonic
@@ -203,11 +202,32 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
             self._opened = True
         self._register_open()
         self._sched_runner = aspawn(self._sched.run, (), f"{self.name}-scheduler")
+        # async only: begin
+        self._sched_runner.add_done_callback(self._note_runner_end)
+        # async only: end
         for i in range(self.num_workers):
             worker = aspawn(_worker, (self._tasks,), f"{self.name}-worker-{i}")
+            # async only: begin
+            worker.add_done_callback(self._note_runner_end)
+            # async only: end
             self._workers.append(worker)
         self._start_initial_tasks()
 
+    # async only: begin
+    def _note_runner_end(self, runner: AWorker) -> None:
+        """A worker's or the scheduler's task ended; cancelled, its event loop is ending.
+
+        asyncio.run() cancels every task left before it closes its loop: the pool's
+        workers end with it. From then on no checkout takes the fast path, and the
+        general one refuses with PoolClosed once the loop is closed. (Checking the loop
+        on every checkout instead cost a fifth of an uncontended one.)
+        """
+        if runner.cancelled():
+            with self._lock:
+                self._runners_ended = True
+                self._closed = self._closed_flag  # recompute the fast-path switch
+
+    # async only: end
     def _start_initial_tasks(self) -> None:
         for _ in range(self._nconns):
             self.run_task(AddConnection(self))
@@ -364,19 +384,6 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
         """
         if self._open_implicit:
             self._check_usable()
-        # async only: begin (a thread pool has no event loop to outlive)
-        loop = self._loop
-        # Only a loop other than the running one can have ended; asking the running loop
-        # costs a C call, where is_closed() would cost a Python frame on every checkout.
-        if loop is not None and loop is not get_running_loop() and loop.is_closed():
-            # Its workers ended with that loop: a connection lent now could not come back
-            # (a return with a reset, a replacement, growth all run there).
-            raise PoolClosed(
-                f"the event loop that opened pool {self.name!r} has ended, and its workers"
-                " with it: open the pool in the event loop that uses it (for example"
-                " inside the coroutine given to asyncio.run()), or close it"
-            )
-        # async only: end
         # The fast path, inlined (it is what almost every request takes): the same
         # bookkeeping as _take_idle_locked, _checkout_locked and _record_acquire_locked,
         # without their calls; acquire()/release() rather than `with`, which creates a
@@ -412,6 +419,18 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
                 return conn  # type: ignore[no-any-return]
             # Not the fast path: go on in the same critical section (taking the lock
             # again would cost a busy pool, where every request waits, a second round).
+            # async only: begin (a thread pool has no event loop to outlive)
+            loop = self._loop
+            if loop is not None and loop.is_closed():
+                # Its workers ended with that loop: a connection lent now could not come
+                # back (a return with a reset, a replacement, growth all run there). The
+                # fast path is off by then: see _note_runner_end.
+                raise PoolClosed(
+                    f"the event loop that opened pool {self.name!r} has ended, and its"
+                    " workers with it: open the pool in the event loop that uses it (for"
+                    " example inside the coroutine given to asyncio.run()), or close it"
+                )
+            # async only: end
             if t0 is None:
                 t0 = now
             waiter: AWaiter | None = None
