@@ -16,9 +16,11 @@ Concurrency: what the design relies on (and why it holds on free-threaded CPytho
   assigned and takes the lock only to record its wait.
 - Reads outside the lock are single loads of one attribute or one dict item, which are
   atomic on every CPython build: the fast-path switches (`_fast_checkout`,
-  `_open_implicit`, `_reset`, `_loop`), a connection's libpq transaction status, a
-  `_Borrow`'s look-up of its own checkout in `_out`, and `waiter.conn`, which `assign`
-  writes under the lock before it wakes the waiter (the wake-up is the hand-over point).
+  `_open_implicit`, `_reset`), a connection's libpq transaction status, a `_Borrow`'s
+  look-up of its own checkout in `_out`, and `waiter.conn`. `assign` sets the waiter
+  settled and its connection under the pool lock, then wakes it; a waiter that reads
+  no connection (it timed out first) settles under the lock, where it finds any
+  connection assigned meanwhile.
 """
 
 from __future__ import annotations
