@@ -41,25 +41,27 @@ def _on_other_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return True
 
 
-def _call_in_loop(loop: asyncio.AbstractEventLoop, f: Callable[..., Any], *args: Any) -> None:
+def _call_in_loop(loop: asyncio.AbstractEventLoop, f: Callable[..., Any], *args: Any) -> bool:
     """Run *f* now if we are in *loop*, else hand it to *loop* and wake it up.
 
     asyncio's objects are not thread-safe: touched from another thread they do not wake
     their loop, which then sees the change only when something else wakes it.
+    Returns False if *loop* had ended, checked or found while handing *f* over.
     """
     if not loop.is_closed():
         if not _on_other_loop(loop):
             f(*args)
-            return
+            return True
         try:
             loop.call_soon_threadsafe(f, *args)
-            return
+            return True
         except RuntimeError:  # the loop closed in the meantime
             pass
     # A closed loop has nobody left to wake, but the change is kept (a task queued
     # for ended workers is still found by close()); waking one of its futures fails.
     with suppress(RuntimeError):
         f(*args)
+    return False
 
 
 class AEvent(asyncio.Event):
@@ -283,10 +285,8 @@ class AWaiter:
             if not fut.done():  # _wake_here, inlined
                 fut.set_result(None)
             return True
-        if self._loop.is_closed():
-            return False
-        _call_in_loop(self._loop, self._wake_here)
-        return True
+        # False also when the loop closes while the wake-up is handed over to it.
+        return _call_in_loop(self._loop, self._wake_here)
 
     def _wake_here(self) -> None:
         if not self._fut.done():
