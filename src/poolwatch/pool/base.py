@@ -17,7 +17,9 @@ Concurrency: what the design relies on (and why it holds on free-threaded CPytho
 - Reads outside the lock are single loads of one attribute or one dict item, which are
   atomic on every CPython build: the fast-path switches (`_fast_checkout`,
   `_open_implicit`, `_reset`), a connection's libpq transaction status, a `_Borrow`'s
-  look-up of its own checkout in `_out`, and `waiter.conn`. `assign` sets the waiter
+  reads of its connection's `_pw_lending` and `_pool` (written under the lock, see
+  `_checkout_locked`; only the owner of a lending can end it, so while the block still
+  owns its connection no other thread writes them), and `waiter.conn`. `assign` sets the waiter
   settled and its connection under the pool lock, then wakes it; a waiter that reads
   no connection (it timed out first) settles under the lock, where it finds any
   connection assigned meanwhile.
@@ -577,13 +579,24 @@ class BasePool:
         return None
 
     def _checkout_locked(self, conn: Any, now: float) -> None:
-        """Mark *conn* as handed out at *now*."""
-        self._out[conn] = now
+        """Mark *conn* as handed out at *now*.
+
+        The start time, kept on the connection too, is the token of this lending: the
+        very float object, which a `connection()` block keeps referenced, so no later
+        lending can have it. The block compares it at its end to learn whether its
+        connection was given back (and maybe lent again) meanwhile. Wherever *conn*
+        enters `_out`, `_pw_lending` follows, under the lock, and wherever it leaves,
+        `_pw_lending` becomes None, except on the fast return to the idle list, which
+        clears `_pool` instead (a lent connection always has its `_pool` set). Two
+        attribute reads cost the block less than one dictionary look-up.
+        """
+        self._out[conn] = conn._pw_lending = now
 
     def _uncheckout_locked(self, conn: Any, now: float) -> None:
         """Undo a checkout the user never saw (the request gave up, or the check failed)."""
         t_out = self._out.pop(conn, None)
         if t_out is not None:
+            conn._pw_lending = None
             self._end_checkout_locked(t_out, now)
         self._leak_stacks.pop(conn, None)
         self._sites.pop(conn, None)
@@ -601,6 +614,7 @@ class BasePool:
 
     def _checked_in_locked(self, conn: Any, t_out: float, now: float, *, still_used: bool) -> float:
         """`_checkin_locked` after *conn* left the checked-out list (it was out since *t_out*)."""
+        conn._pw_lending = None
         self._end_checkout_locked(t_out, now)
         use = now - t_out
         self._agg.use.observe(use)
@@ -737,6 +751,7 @@ class BasePool:
         # Up to 5% shorter, so that connections opened together do not all expire together.
         conn._expire_at = now + jitter(self.max_lifetime, -0.05, 0.0)
         conn._pw_owner = weakref.ref(self)
+        conn._pw_lending = None  # the token of its current lending: see _checkout_locked
 
     def _connect_failed_locked(self, seconds: float, error: BaseException) -> None:
         self._agg.connect["error"].observe(seconds)
@@ -782,7 +797,8 @@ class BasePool:
         self._lock = threading.Lock()  # another thread may have held it at fork time
         now = monotonic()
         self._advance_used_locked(now)  # what was used until now stays counted
-        for t_out in self._out.values():
+        for conn, t_out in self._out.items():
+            conn._pw_lending = None
             self._end_checkout_locked(t_out, now)
         self._closed = True
         self._idle.clear()

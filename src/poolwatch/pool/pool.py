@@ -44,6 +44,8 @@ from .tasks import (
 )
 from .upkeep import IDLE, PoolUpkeep, _worker
 
+_new_object = object.__new__
+
 # Almost every uncontended checkout takes less than the first bucket: skip the bisect.
 _FIRST_ACQUIRE_BOUND = ACQUIRE_BUCKETS[0]
 
@@ -347,7 +349,13 @@ class ConnectionPool(PoolUpkeep[CT]):
         Raises:
             PoolTimeout, TooManyRequests, PoolClosed: as `getconn()`.
         """
-        return _Borrow(self, timeout)
+        # Built without __init__: a class call runs __init__ in a frame of its own,
+        # which costs a checkout more than the three stores below.
+        borrow: _Borrow[CT] = _new_object(_Borrow)
+        borrow._pool = self
+        borrow._timeout = timeout
+        borrow._conn = None
+        return borrow
 
     def getconn(self, timeout: float | None = None) -> CT:
         """Take a connection; the caller must give it back with `putconn()`.
@@ -382,7 +390,7 @@ class ConnectionPool(PoolUpkeep[CT]):
                 conn = idle.popleft()
                 if len(idle) < self._nconns_min:
                     self._nconns_min = len(idle)
-                self._out[conn] = now
+                self._out[conn] = conn._pw_lending = now
                 if self._site_of is not None:  # call-site attribution, a few hundred ns
                     self._sites[conn] = self._site_of()
                 if t0 is None:
@@ -644,8 +652,11 @@ class ConnectionPool(PoolUpkeep[CT]):
                         # Straight to the first request still waiting; one that gave up
                         # first refuses it, and the next one is asked.
                         if waiting.popleft().assign(conn):
-                            self._out[conn] = now
+                            self._out[conn] = conn._pw_lending = now  # type: ignore[attr-defined]
                             return
+                    # _pw_lending keeps the ended lending's token: an idle connection
+                    # is told apart by _pool (see _Borrow.__exit__), which saves
+                    # a store here.
                     conn._pool = None
                     self._idle_put(conn)
                     if self._pool_full_event is not None:
@@ -694,24 +705,17 @@ class _Borrow(Generic[CT]):
     # back), and a second exit has nothing to do. (A None test, not a missing slot:
     # raising and catching AttributeError on every entry would cost a microsecond.)
     _checkout: float | None
-
-    def __init__(self, pool: ConnectionPool[CT], timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._conn: CT | None = None
+    _conn: CT | None
+    _pool: ConnectionPool[CT]
+    _timeout: float | None
 
     def __enter__(self) -> CT:
         if self._conn is not None:
             raise RuntimeError("this connection() context is already open: create another")
-        pool = self._pool
-        self._conn = conn = pool.getconn(self._timeout)
-        # The pool's record of this checkout (its start time): the very object, kept
-        # referenced, identifies this lending of the connection apart from later ones.
-        # (Subscripts rather than .get(): a method call would cost more than the rest.)
-        try:
-            self._checkout = pool._out[conn]
-        except KeyError:  # already given back by another thread: nothing to return
-            self._checkout = None
+        self._conn = conn = self._pool.getconn(self._timeout)
+        # The token of this lending (see BasePool._checkout_locked); None if another
+        # thread has already given the connection back.
+        self._checkout = conn._pw_lending  # type: ignore[attr-defined]
         return conn
 
     def __exit__(
@@ -724,12 +728,7 @@ class _Borrow(Generic[CT]):
         if conn is None:  # exited already
             return
         self._conn = None
-        pool = self._pool
-        try:
-            current = pool._out[conn]
-        except KeyError:
-            current = None
-        if current is not self._checkout:
+        if conn._pw_lending is not self._checkout or conn._pool is None:  # type: ignore[attr-defined]
             # Given back during the block (conn.close() with close_returns=True), and
             # maybe lent to someone else already: a commit or rollback here would end
             # their transaction, a return would take their connection. Nothing to do.
@@ -741,7 +740,7 @@ class _Borrow(Generic[CT]):
             if exc_type is not None or conn.pgconn.transaction_status != IDLE:
                 conn.__exit__(exc_type, exc_val, exc_tb)
         finally:
-            pool.putconn(conn)
+            self._pool.putconn(conn)
 
 
 def _interrupted_close_reason(conn: Any) -> str | None:

@@ -43,6 +43,8 @@ from .tasks_async import (
 )
 from .upkeep_async import IDLE, AsyncPoolUpkeep, _worker
 
+_new_object = object.__new__
+
 # Almost every uncontended checkout takes less than the first bucket: skip the bisect.
 _FIRST_ACQUIRE_BOUND = ACQUIRE_BUCKETS[0]
 
@@ -367,7 +369,13 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
         Raises:
             PoolTimeout, TooManyRequests, PoolClosed: as `getconn()`.
         """
-        return _AsyncBorrow(self, timeout)
+        # Built without __init__: a class call runs __init__ in a frame of its own,
+        # which costs a checkout more than the three stores below.
+        borrow: _AsyncBorrow[ACT] = _new_object(_AsyncBorrow)
+        borrow._pool = self
+        borrow._timeout = timeout
+        borrow._conn = None
+        return borrow
 
     async def getconn(self, timeout: float | None = None) -> ACT:
         """Take a connection; the caller must give it back with `putconn()`.
@@ -402,7 +410,7 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
                 conn = idle.popleft()
                 if len(idle) < self._nconns_min:
                     self._nconns_min = len(idle)
-                self._out[conn] = now
+                self._out[conn] = conn._pw_lending = now
                 if self._site_of is not None:  # call-site attribution, a few hundred ns
                     self._sites[conn] = self._site_of()
                 if t0 is None:
@@ -678,8 +686,11 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
                         # Straight to the first request still waiting; one that gave up
                         # first refuses it, and the next one is asked.
                         if waiting.popleft().assign(conn):
-                            self._out[conn] = now
+                            self._out[conn] = conn._pw_lending = now  # type: ignore[attr-defined]
                             return
+                    # _pw_lending keeps the ended lending's token: an idle connection
+                    # is told apart by _pool (see _AsyncBorrow.__aexit__), which saves
+                    # a store here.
                     conn._pool = None
                     self._idle_put(conn)
                     if self._pool_full_event is not None:
@@ -728,24 +739,17 @@ class _AsyncBorrow(Generic[ACT]):
     # back), and a second exit has nothing to do. (A None test, not a missing slot:
     # raising and catching AttributeError on every entry would cost a microsecond.)
     _checkout: float | None
-
-    def __init__(self, pool: AsyncConnectionPool[ACT], timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._conn: ACT | None = None
+    _conn: ACT | None
+    _pool: AsyncConnectionPool[ACT]
+    _timeout: float | None
 
     async def __aenter__(self) -> ACT:
         if self._conn is not None:
             raise RuntimeError("this connection() context is already open: create another")
-        pool = self._pool
-        self._conn = conn = await pool.getconn(self._timeout)
-        # The pool's record of this checkout (its start time): the very object, kept
-        # referenced, identifies this lending of the connection apart from later ones.
-        # (Subscripts rather than .get(): a method call would cost more than the rest.)
-        try:
-            self._checkout = pool._out[conn]
-        except KeyError:  # already given back by another thread: nothing to return
-            self._checkout = None
+        self._conn = conn = await self._pool.getconn(self._timeout)
+        # The token of this lending (see BasePool._checkout_locked); None if another
+        # thread has already given the connection back.
+        self._checkout = conn._pw_lending  # type: ignore[attr-defined]
         return conn
 
     async def __aexit__(
@@ -758,12 +762,7 @@ class _AsyncBorrow(Generic[ACT]):
         if conn is None:  # exited already
             return
         self._conn = None
-        pool = self._pool
-        try:
-            current = pool._out[conn]
-        except KeyError:
-            current = None
-        if current is not self._checkout:
+        if conn._pw_lending is not self._checkout or conn._pool is None:  # type: ignore[attr-defined]
             # Given back during the block (conn.close() with close_returns=True), and
             # maybe lent to someone else already: a commit or rollback here would end
             # their transaction, a return would take their connection. Nothing to do.
@@ -775,7 +774,7 @@ class _AsyncBorrow(Generic[ACT]):
             if exc_type is not None or conn.pgconn.transaction_status != IDLE:
                 await conn.__aexit__(exc_type, exc_val, exc_tb)
         finally:
-            await pool.putconn(conn)
+            await self._pool.putconn(conn)
 
 
 def _interrupted_close_reason(conn: Any) -> str | None:
