@@ -87,24 +87,28 @@ def main() -> int:
             insight_cost.table(insight_cost.measure(dsn, rounds, ops)),
         ))  # fmt: skip
         print("bench: SELECT 1 against raw connections", file=sys.stderr)
-        raw_seconds = 0.5 if quick else 1.5
+        # Many short rounds rather than a few long ones: on this VM a run's speed moves by
+        # tens of percent from one second to the next, and the median of 30 in-round
+        # ratios is steadier than that of 7 (the interval column says how steady).
+        raw_rounds, raw_seconds = (3, 0.3) if quick else (30, 0.3)
         sections.append((
             "SELECT 1 throughput against raw connections",
             "T threads each running SELECT 1 on a pool of T, against T threads each holding"
             " its own connection; all in autocommit (one round trip per query). Each row is"
-            f" measured both ways in every one of {3 if quick else 7} rounds, libraries"
+            f" measured both ways in every one of {raw_rounds} rounds, libraries"
             " interleaved and their order rotated: **fixed duration** (every thread runs"
             f" for {raw_seconds:g} s; throughput = queries / elapsed; slowest worker's share ="
             " its queries / the mean) and **fixed work** (every thread runs the same number"
             " of queries, what raw connections do in that time; throughput = queries / time"
             " until the last thread ends; slowest worker's share = mean finish time / last"
             " finish time). Ratios are taken within each round, the table gives their"
-            " median. Latency = one query including the pool's checkout and return. Goals:"
+            " median and, in brackets, a 95% bootstrap interval of that median (the rounds"
+            " resampled). Latency = one query including the pool's checkout and return. Goals:"
             " ≥ 0.95 of raw for T = 1, 4, 16 and ≥ 0.90 for T = 64, in both measures; p99"
             " and max latency within 1.2 x raw's.",
             throughput.vs_raw_table(
                 raw_results := throughput.vs_raw(
-                    dsn, 3 if quick else 7, raw_seconds, (1, 4, 16, 64)
+                    dsn, raw_rounds, raw_seconds, (1, 4, 16, 64)
                 )
             ),
         ))  # fmt: skip
@@ -116,10 +120,10 @@ def main() -> int:
             query_profile.table(query_profile.measure(dsn, (1, 16, 64), 1_000 if quick else 4_000)),
         ))  # fmt: skip
         print("bench: contention", file=sys.stderr)
-        seconds = 0.5 if quick else 2.0
+        rounds_c, seconds = (3, 0.3) if quick else (20, 0.5)
         sections.append((
             "Contention and fairness",
-            f"Workers on a pool of 4, {3 if quick else 5} rounds, both measures in each"
+            f"Workers on a pool of 4, {rounds_c} rounds, both measures in each"
             f" round as above (fixed duration: {seconds:g} s; fixed work: what poolwatch"
             " did in that time in a warm-up run, split evenly). Wait = time to get a"
             " connection. Jain fairness of the per-worker completions in the fixed-duration"
@@ -128,7 +132,7 @@ def main() -> int:
             f" threads at least as good as before (`{before.NAME}`, the code issue 17"
             " started from, measured in the same rounds), Jain ≥ 0.99.",
             throughput.contention_table(
-                contention_results := throughput.contention(dsn, 3 if quick else 5, seconds)
+                contention_results := throughput.contention(dsn, rounds_c, seconds)
             ),
         ))  # fmt: skip
         print("bench: async hand-off", file=sys.stderr)

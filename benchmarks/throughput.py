@@ -248,15 +248,30 @@ def _ratios(runs: list[Measure], base: list[Measure], key: Callable[[Measure], f
     return statistics.median(key(m) / key(b) for m, b in zip(runs, base))
 
 
+def ratio_stats(
+    runs: list[Measure], base: list[Measure], key: Callable[[Measure], float] | None = None
+) -> tuple[float, float, float]:
+    """The median of the in-round ratios runs/base (throughput by default) and its 95% interval."""
+    value = key or _qps
+    ratios = [value(m) / value(b) for m, b in zip(runs, base)]
+    low, high = harness.median_interval(ratios)
+    return statistics.median(ratios), low, high
+
+
+def ratio_cell(runs: list[Measure], base: list[Measure]) -> str:
+    mid, low, high = ratio_stats(runs, base)
+    return f"{mid:.3f} ({low:.2f} to {high:.2f})"
+
+
 def _qps(m: Measure) -> float:
     return m.qps
 
 
 def vs_raw_table(results: Results) -> str:
     lines = [
-        "| threads = pool size | library | measure | median qps | vs raw (median of in-round"
-        " ratios) | slowest worker's share | query p99 (ms) | p99 vs raw | query max (ms)"
-        " | max vs raw | CPU µs / query | context switches / query |",
+        "| threads = pool size | library | measure | median qps | vs raw: median of in-round"
+        " ratios (95% interval) | slowest worker's share | query p99 (ms) | p99 vs raw"
+        " | query max (ms) | max vs raw | CPU µs / query | context switches / query |",
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for threads, by_lib in results.items():
@@ -269,7 +284,7 @@ def vs_raw_table(results: Results) -> str:
                 lines.append(
                     f"| {threads} | {lib} | {measure}"
                     f" | {statistics.median(m.qps for m in runs):,.0f}"
-                    f" | {_ratios(runs, raw[measure], _qps):.3f}"
+                    f" | {ratio_cell(runs, raw[measure])}"
                     f" | {statistics.median(m.slowest_share for m in runs):.2f}"
                     f" | {statistics.median(m.percentile(0.99) for m in runs) * 1e3:.3f}"
                     f" | {p99:.2f}"
@@ -282,9 +297,9 @@ def vs_raw_table(results: Results) -> str:
 
 def contention_table(results: Results) -> str:
     lines = [
-        "| workers | library | measure | median qps | vs psycopg_pool (median of in-round"
-        " ratios) | slowest worker's share | wait p50 (ms) | wait p99 (ms) | max wait (ms)"
-        " | Jain fairness | CPU µs / query | context switches / query |",
+        "| workers | library | measure | median qps | vs psycopg_pool: median of in-round"
+        " ratios (95% interval) | slowest worker's share | wait p50 (ms) | wait p99 (ms)"
+        " | max wait (ms) | Jain fairness | CPU µs / query | context switches / query |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row, by_lib in results.items():
@@ -301,7 +316,7 @@ def contention_table(results: Results) -> str:
                 fair_cell = f"{fair:.3f}" if measure == DURATION else "(equal by design)"
                 lines.append(
                     f"| {row} | {lib} | {measure} | {med(_qps):,.0f}"
-                    f" | {_ratios(runs, base[measure], _qps):.3f}"
+                    f" | {ratio_cell(runs, base[measure])}"
                     f" | {med(lambda m: m.slowest_share):.2f}"
                     f" | {med(lambda m: m.percentile(0.5)) * 1e3:.2f}"
                     f" | {med(lambda m: m.percentile(0.99)) * 1e3:.2f}"
