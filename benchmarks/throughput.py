@@ -26,7 +26,7 @@ import psycopg_pool
 
 import poolwatch
 
-from . import before, harness
+from . import before, floor, harness
 from .harness import DURATION, MEASURES, Measure, SyncOp
 from .peers import AsyncPeer, PsycopgStyle, SQLAlchemyPeer, SyncPeer, async_peers, new_loop
 
@@ -53,7 +53,7 @@ def _threads(n: int, work: Callable[[int], None]) -> float:
     return harness.threads_work(n, make, 1).seconds
 
 
-def _query_op(peer: SyncPeer | None, conns: list[Any]) -> Callable[[int], SyncOp]:
+def _query_op(peer: Any, conns: list[Any]) -> Callable[[int], SyncOp]:
     clock = time.perf_counter
     if peer is None:
 
@@ -101,10 +101,11 @@ def vs_raw(dsn: str, rounds: int, seconds: float, sizes: tuple[int, ...]) -> Res
     out: Results = {}
     for threads in sizes:
         conns = [psycopg.connect(dsn, autocommit=True) for _ in range(threads)]
-        peers: dict[str, SyncPeer | None] = {RAW: None}
+        peers: dict[str, Any] = {RAW: None}
         try:
             for name, module in (("poolwatch", poolwatch), (BASELINE, psycopg_pool)):
                 peers[name] = PsycopgStyle(name, module, dsn, threads, kwargs=AUTOCOMMIT)
+            peers[floor.NAME] = floor.FloorPeer(dsn, threads, AUTOCOMMIT)
             makers = {name: _query_op(peer, conns) for name, peer in peers.items()}
             # The fixed work: what raw connections do in *seconds*, split evenly.
             warm = harness.threads_for(threads, makers[RAW], seconds)
