@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 
 from .before import NAME as BEFORE
+from .floor import NAME as FLOOR
 from .harness import DURATION, MEASURES, Measure, jain
 from .throughput import BASELINE, RAW, Results, ratio_stats
 
@@ -73,10 +74,18 @@ def table(checkout: dict[str, dict[str, list[float]]], raw: Results, contention:
         stats = {m: _stats(pw[m], base[m]) for m in MEASURES}
         p99 = max(_ratio(pw[m], base[m], "p99") for m in MEASURES)
         mx = max(_ratio(pw[m], base[m], "max") for m in MEASURES)
+        least = by_lib.get(FLOOR)
+        floor_note = (
+            f"; a minimal pool in the same rounds ({FLOOR}):"
+            f" {_ratio(least[DURATION], base[DURATION]):.3f} and"
+            f" {_ratio(least[MEASURES[1]], base[MEASURES[1]]):.3f}"
+            if least
+            else ""
+        )
         rows.append((
             f"T = {threads} threads on a pool of T: ≥ {goal:.2f} of raw, both measures",
             f"{_show(stats[DURATION])} (fixed duration), {_show(stats[MEASURES[1]])}"
-            " (fixed work)",
+            f" (fixed work){floor_note}",
             _judge([(st, goal) for st in stats.values()], []),
         ))  # fmt: skip
         rows.append((
