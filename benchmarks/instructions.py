@@ -1,14 +1,16 @@
 """CPU instructions per checkout and per query, counted by valgrind: deterministic rows.
 
 On this shared 2-core VM the wall clock moves by a third between runs, so a 5% goal
-cannot be judged from timings; callgrind's instruction count repeats within a
-fraction of a percent. Every count runs a child Python under
-``valgrind --tool=callgrind`` and reads the instructions it executed: in the client
-process only (all its threads), never PostgreSQL's. A child opens its pool (or raw
-connection), warms up by running every operation of its family 200 times, then runs
-the measured operation N times. The same child with N = 0 (warm-up only) is counted
-once per family (library, sync or async or query); a row's figure is
-(count at N - count at 0) / N, start-up, imports, connecting and warm-up excluded.
+cannot be judged from timings; valgrind's instruction count repeats within a fraction
+of a percent (cachegrind with its cache simulation off: the count callgrind gives, in
+about half the time; the children run with PYTHONHASHSEED=0, since string hashing
+changes what dictionaries do). Every count runs a child Python under valgrind and reads
+the instructions it executed: in the client process only (all its threads), never
+PostgreSQL's. A child opens its pool (or raw connection), warms up by running every
+operation of its family 200 times, then runs the measured operation N times. The same
+child with N = 0 (warm-up only) is counted once per family (library; sync, async or
+query); a row's figure is (count at N - count at 0) / N: start-up, imports, connecting
+and warm-up drop out.
 
 Rows:
 
@@ -42,6 +44,8 @@ from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from . import before
 
@@ -220,6 +224,10 @@ def measure(dsn: str, ops: int = OPS, queries: int = QUERIES, jobs: int = JOBS) 
     """Count every row (see the module's doc), *jobs* valgrind children at a time."""
     if shutil.which("valgrind") is None:
         raise RuntimeError("valgrind is not on PATH: apt-get install valgrind")
+    try:  # fail in a second, not after a child's 30 s of waiting for its pool
+        psycopg.connect(dsn, connect_timeout=10).close()
+    except psycopg.Error as ex:
+        raise RuntimeError(f"cannot connect to the server: {ex}") from None
     notes: list[str] = []
     old = before.load()
     before_path = Path(old.__file__).parent.parent if old and old.__file__ else None
@@ -241,8 +249,11 @@ def measure(dsn: str, ops: int = OPS, queries: int = QUERIES, jobs: int = JOBS) 
         )
         return total
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as workers:
+    workers = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
         totals = dict(zip(counts, workers.map(one, counts)))
+    finally:
+        workers.shutdown(cancel_futures=True)  # after a failure, start no more children
     return per_operation(totals, notes)
 
 
@@ -315,8 +326,6 @@ def child(
 ) -> None:
     """Warm up every operation of *family*, then run *case* *ops* times."""
     if family == "query" and library == RAW:
-        import psycopg
-
         with psycopg.connect(dsn, autocommit=True) as conn:
             _raw_queries(conn, WARM_UPS)
             _raw_queries(conn, ops)
@@ -353,10 +362,11 @@ def child(
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Needs valgrind (apt-get install valgrind). About 3 minutes on an idle"
-        " 2-core machine; prints a progress line per count to stderr and the tables"
-        " (markdown) to stdout.",
+        description=__doc__.split("\n\nResults")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Needs valgrind (apt-get install valgrind). About two minutes on an idle"
+        " 2-core machine: 32 children, each a few seconds under valgrind. Progress goes to"
+        " stderr, a line per count; the tables (markdown) to stdout.",
     )
     parser.add_argument(
         "--dsn", help="the PostgreSQL server to connect to (default: start a throwaway cluster)"
