@@ -12,6 +12,12 @@ child with N = 0 (warm-up only) is counted once per family (library; sync, async
 query); a row's figure is (count at N - count at 0) / N: start-up, imports, connecting
 and warm-up drop out.
 
+For the same code a count repeats to within a few instructions per operation. What
+moves it is the layout of the interpreter's dictionaries: another hash seed (or an
+unrelated change to what is imported) moved the sync connection() rows by up to 1%
+(poolwatch 16,319 to 16,479 over seeds 0 to 3; the raw query by 0.1%). Read a
+difference under 1% between two rows as none.
+
 Rows:
 
 - **checkout**: take and give back an idle connection, pool of 1, no query, for the
