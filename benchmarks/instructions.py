@@ -2,8 +2,8 @@
 
 On this shared 2-core VM the wall clock moves by a third between runs, so a 5% goal
 cannot be judged from timings; valgrind's instruction count repeats within a fraction
-of a percent (cachegrind with its cache simulation off: the count callgrind gives, in
-about half the time; the children run with PYTHONHASHSEED=0, since string hashing
+of a percent (cachegrind with its cache simulation off: within 0.2% of callgrind's
+count, in about 60% of the time; the children run with PYTHONHASHSEED=0, since string hashing
 changes what dictionaries do). Every count runs a child Python under valgrind and reads
 the instructions it executed: in the client process only (all its threads), never
 PostgreSQL's. A child opens its pool (or raw connection), warms up by running every
@@ -73,8 +73,8 @@ JOBS = 2  # the machine's cores; counts do not depend on what runs beside them
 #: the DSN reaches the child through its environment: valgrind echoes the command line
 DSN_VARIABLE = "POOLWATCH_INSTRUCTIONS_DSN"
 ROOT = Path(__file__).resolve().parent.parent
-#: cachegrind without its cache simulation counts the same instructions as callgrind
-#: (all the process's threads) in little more than half the time
+#: cachegrind without its cache simulation counts instructions (all the process's
+#: threads) as callgrind does, within 0.2% of it on the same child, in about 60% of the time
 VALGRIND = ("valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null")
 
 
