@@ -1,12 +1,12 @@
 """CPU instructions per checkout and per query, counted by valgrind: deterministic rows.
 
 On this shared 2-core VM the wall clock moves by a third between runs, so a 5% goal
-cannot be judged from timings; valgrind's instruction count repeats within a fraction
-of a percent (cachegrind with its cache simulation off: within 0.2% of callgrind's
-count, in about 60% of the time; the children run with PYTHONHASHSEED=0, since string hashing
-changes what dictionaries do). Every count runs a child Python under valgrind and reads
-the instructions it executed: in the client process only (all its threads), never
-PostgreSQL's. A child opens its pool (or raw connection), warms up by running every
+cannot be judged from timings; valgrind's instruction count does not move with the
+machine's load (cachegrind with its cache simulation off: within 0.2% of callgrind's
+count, in about 60% of the time; the children run with PYTHONHASHSEED=0, since
+string hashing changes what dictionaries do). Every count runs a child Python under
+valgrind and reads the instructions it executed: in the client process only (all its
+threads), never PostgreSQL's. A child opens its pool (or raw connection), warms up by running every
 operation of its family 200 times, then runs the measured operation N times. The same
 child with N = 0 (warm-up only) is counted once per family (library; sync, async or
 query); a row's figure is (count at N - count at 0) / N: start-up, imports, connecting
