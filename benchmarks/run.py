@@ -3,7 +3,8 @@
     ./scripts/bench               # writes benchmarks/RESULTS.md and prints it
     ./scripts/bench --quick       # fewer rounds: a smoke run, not for the record
 
-Sections: checkout cost against every peer; SELECT 1 against raw connections;
+Sections: checkout cost against every peer; instructions per checkout and per query
+(valgrind: deterministic where the wall clock is not); SELECT 1 against raw connections;
 contention and fairness; connect-per-request against pooled, on loopback and over
 added latency; metrics on against off; /metrics rendering; the sizing proof (the
 advice's predicted wait p95 and saturation against runs at those sizes). Medians over rounds,
@@ -30,6 +31,7 @@ from benchmarks import (  # noqa: E402
     goals,
     handoff,
     insight_cost,
+    instructions,
     memory,
     metrics_cost,
     query_profile,
@@ -39,6 +41,22 @@ from benchmarks import (  # noqa: E402
 )
 from poolwatch.embedded import create_cluster  # noqa: E402
 
+INSTRUCTIONS_TITLE = "Instructions per checkout and per query (valgrind)"
+INSTRUCTIONS_INTRO = (
+    "CPU instructions counted by valgrind (cachegrind, cache simulation off), in the client"
+    " process only: all its threads (the pool's workers too), not PostgreSQL's. Unlike the"
+    " wall clock on this shared VM, which moves by a third between runs, a count repeats"
+    " for the same code, and moved by up to 1% over four of the interpreter's hash seeds"
+    " (its dictionaries' layout): these rows can judge a 5% difference, not a 1% one."
+    " Each figure is (a child Python's count after N operations - the same child's count"
+    " after 0) / N: start-up, imports, connecting and a warm-up of 200 of each operation"
+    " excluded. Checkout:"
+    " pool of 1, no query, `{before}` from git as in the other tables; call sites are the"
+    " opt-in borrower attribution. Per query: SELECT 1 in autocommit, one thread, one"
+    " connection; the pool's share is the part of the client's own work per query that the"
+    " pool adds, the deterministic side of the goal of T = 1 at ≥ 0.95 of raw (the round"
+    " trip and the server's work, which the pool does not change, are not counted)."
+)
 INSIGHT_TITLE = "Insight on against off (checkout cost, µs per operation)"
 INSIGHT_INTRO = (
     "Pool of 1, an idle connection always available, no query; {rounds} rounds of {ops}"
@@ -85,6 +103,13 @@ def main() -> int:
             INSIGHT_TITLE,
             INSIGHT_INTRO.format(rounds=rounds, ops=ops),
             insight_cost.table(insight_cost.measure(dsn, rounds, ops)),
+        ))  # fmt: skip
+        print("bench: instruction counts (valgrind)", file=sys.stderr)
+        instruction_results = instructions.measure(dsn)
+        sections.append((
+            INSTRUCTIONS_TITLE,
+            INSTRUCTIONS_INTRO.format(before=before.NAME),
+            instructions.table(instruction_results),
         ))  # fmt: skip
         print("bench: SELECT 1 against raw connections", file=sys.stderr)
         # Many short rounds rather than a few long ones: on this VM a run's speed moves by
