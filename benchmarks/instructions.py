@@ -53,7 +53,7 @@ from typing import Any
 
 import psycopg
 
-from . import before
+from . import before, floor
 
 CASES = ("sync getconn+putconn", "sync connection()", "async getconn+putconn", "async connection()")
 QUERY = "SELECT 1"
@@ -64,8 +64,9 @@ SITES = "poolwatch + call sites"
 BEFORE = before.NAME
 BASELINE = "psycopg_pool 3.3"  # the name the other tables give it
 RAW = "raw psycopg connection"
+FLOOR = floor.NAME  # the least a Python pool does per query: see benchmarks/floor.py
 CHECKOUT_LIBRARIES = (POOLWATCH, SITES, BEFORE, BASELINE)
-QUERY_LIBRARIES = (RAW, POOLWATCH, BEFORE, BASELINE)
+QUERY_LIBRARIES = (RAW, FLOOR, POOLWATCH, BEFORE, BASELINE)
 OPS = 5_000
 QUERIES = 2_000
 WARM_UPS = 200
@@ -335,6 +336,12 @@ def child(
         with psycopg.connect(dsn, autocommit=True) as conn:
             _raw_queries(conn, WARM_UPS)
             _raw_queries(conn, ops)
+        return
+    if family == "query" and library == FLOOR:
+        least = floor.MinimalPool(dsn, 1, {"autocommit": True})
+        _pool_queries(least, WARM_UPS)
+        _pool_queries(least, ops)
+        least.close()
         return
     module = _library(library, before_path)
     if family == "query":

@@ -246,7 +246,7 @@ def main() -> int:
         " comparison is the median of in-round ratios, which the machine's load mostly"
         " cancels. Where a goal is missed, the profile section and the CPU and"
         " context-switch columns show where the time goes.",
-        goals.table(checkout_results, raw_results, contention_results),
+        goals.table(checkout_results, raw_results, contention_results, instruction_results),
     ))  # fmt: skip
     body = "\n".join(f"\n## {title}\n\n{intro}\n\n{table}\n" for title, intro, table in sections)
     text = header + body

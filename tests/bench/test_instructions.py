@@ -44,15 +44,15 @@ def test_plan_counts_each_family_at_zero_once_and_every_case_once() -> None:
     assert checkout == {(case, lib) for case in CASES for lib in CHECKOUT_LIBRARIES}
     query = [c.library for c in counts if c.ops and c.family == "query"]
     assert sorted(query) == sorted(QUERY_LIBRARIES)
-    # 4 checkout libraries x (sync, async) + 4 query libraries: 12 families, 32 children
-    assert len(zeros) == 12 and len(counts) == 32
+    # 4 checkout libraries x (sync, async) + 5 query libraries: 13 families, 34 children
+    assert len(zeros) == 13 and len(counts) == 34
     assert {c.ops for c in counts if c.ops} == {300, 70}
 
 
 def test_plan_without_before_leaves_its_families_out() -> None:
     counts = plan(ops=10, queries=10, with_before=False)
     assert BEFORE not in {c.library for c in counts}
-    assert len(counts) == 32 - 3 * 2 - 2
+    assert len(counts) == 34 - 3 * 2 - 2
 
 
 def test_per_operation_subtracts_the_family_s_own_warm_up_count() -> None:
@@ -71,7 +71,7 @@ def test_per_operation_subtracts_the_family_s_own_warm_up_count() -> None:
             assert results.per_op(c.case, c.library) == per_op
     assert (results.ops, results.queries, results.notes) == (1_000, 400, ("a note",))
     assert sum(len(by_lib) for by_lib in results.checkout.values()) == 16
-    assert len(results.query) == 4
+    assert len(results.query) == len(QUERY_LIBRARIES)
 
 
 def test_per_operation_refuses_a_count_without_its_warm_up() -> None:
