@@ -8,8 +8,10 @@ rewritten), and measured in the same rounds as today's code.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -40,6 +42,9 @@ def load() -> ModuleType | None:
         print(f"  before: no side-by-side rows ({COMMIT} not in git here: {ex})", file=sys.stderr)
         return None
     where = Path(tempfile.mkdtemp(prefix="poolwatch-before-"))
+    # Gone when this process ends (the instruction counts' children, which import from
+    # it, end before their parent does).
+    atexit.register(shutil.rmtree, where, ignore_errors=True)
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(where, filter="data")
     package = where / "poolwatch_before"
