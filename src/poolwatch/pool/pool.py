@@ -728,7 +728,12 @@ class _Borrow(Generic[CT]):
         if conn is None:  # exited already
             return
         self._conn = None
-        if conn._pw_lending is not self._checkout or conn._pool is None:  # type: ignore[attr-defined]
+        # _pool first: another thread may lend the connection again between the two
+        # reads. A token read after _pool was seen set is this lending's only while the
+        # block still owns the connection (a token, once replaced, never comes back);
+        # read first, it could be the one a fast return leaves on an idle connection,
+        # and _pool, read after, that of the connection's next borrower.
+        if conn._pool is None or conn._pw_lending is not self._checkout:  # type: ignore[attr-defined]
             # Given back during the block (conn.close() with close_returns=True), and
             # maybe lent to someone else already: a commit or rollback here would end
             # their transaction, a return would take their connection. Nothing to do.

@@ -1,0 +1,91 @@
+"""Red-team attacks on the lending token a `connection()` block compares at its end.
+
+The block decides whether it still owns its connection from two unlocked attribute
+reads (`_pw_lending` and `_pool`). Another thread may run between those two reads: on a
+free-threaded CPython at any moment, on a GIL build whenever the interpreter switches
+threads there. These tests put another borrower exactly there, through a connection
+class that runs it right after the first of the two reads, and read the ground truth
+(committed rows) on a separate connection.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.pq import TransactionStatus
+
+from poolwatch import ConnectionPool
+
+pytestmark = pytest.mark.db
+
+_WATCHED = frozenset({"_pw_lending", "_pool"})
+
+
+class InterleavingConnection(psycopg.Connection):  # type: ignore[type-arg]
+    """A real connection that, once armed, runs a callback just after the next read of
+    `_pw_lending` or `_pool`: what another thread could do between the block's reads."""
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name in _WATCHED:
+            hook = type(self).armed
+            if hook is not None:
+                type(self).armed = None
+                hook()
+        return value
+
+    armed: Callable[[], None] | None = None
+
+
+@pytest.fixture
+def table(pg):
+    name = f"relend_rt_{uuid.uuid4().hex[:10]}"
+    pg.execute(f"CREATE TABLE {name} (x int)")
+    yield name
+    pg.execute(f"DROP TABLE {name}")
+
+
+def committed_rows(pg, table: str) -> int:
+    return int(pg.execute(f"SELECT count(*) FROM {table}")[0][0])
+
+
+def test_a_borrower_between_the_exit_reads_keeps_its_transaction(pg, dsn, table):
+    """The block gave its connection back (fast return to the idle list); at its exit,
+    between its two reads, another borrower takes that connection and opens a
+    transaction. The exit must neither commit that transaction nor return the
+    connection it no longer owns."""
+    with ConnectionPool(
+        dsn, min_size=1, max_size=1, close_returns=True, connection_class=InterleavingConnection
+    ) as pool:
+        pool.wait(timeout=30)
+        taken: list[Any] = []
+
+        def next_borrower() -> None:
+            conn = pool.getconn(timeout=5)
+            conn.execute(f"INSERT INTO {table} VALUES (1)")
+            taken.append(conn)
+
+        try:
+            with pool.connection() as conn:
+                conn.close()  # close_returns: back to the idle list, token left behind
+                assert pool.snapshot().idle == 1
+                InterleavingConnection.armed = next_borrower
+        finally:
+            InterleavingConnection.armed = None
+        # Whichever read came first, the other borrower ran right after it.
+        assert len(taken) == 1
+        second = taken[0]
+        assert second is conn
+        # Ground truth: its insert is still uncommitted, and it still holds the connection.
+        assert committed_rows(pg, table) == 0
+        assert second.info.transaction_status == TransactionStatus.INTRANS
+        s = pool.snapshot()
+        assert (s.used, s.idle) == (1, 0)
+        second.rollback()
+        pool.putconn(second)  # would raise "already returned" had the block returned it
+        assert committed_rows(pg, table) == 0
+        assert pool.snapshot().idle == 1
