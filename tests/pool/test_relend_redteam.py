@@ -10,6 +10,7 @@ class that runs it right after the first of the two reads, and read the ground t
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 
-from poolwatch import ConnectionPool
+from poolwatch import AsyncConnectionPool, ConnectionPool
 
 pytestmark = pytest.mark.db
 
@@ -89,3 +90,58 @@ def test_a_borrower_between_the_exit_reads_keeps_its_transaction(pg, dsn, table)
         pool.putconn(second)  # would raise "already returned" had the block returned it
         assert committed_rows(pg, table) == 0
         assert pool.snapshot().idle == 1
+
+
+# One `connection()` object entered by two tasks at once: the guard against entering
+# an open block looked at the connection only once getconn() had returned, so while
+# both waited for a connection neither saw the other. The first to finish then took
+# over the second's lending: its exit committed the second's transaction and returned
+# the second's connection, and its own connection never came back.
+
+
+async def test_a_context_entered_by_two_waiting_tasks_refuses_the_second(pg, dsn, table):
+    async with AsyncConnectionPool(dsn, min_size=2, max_size=2) as pool:
+        await pool.wait(timeout=30)
+        held = [await pool.getconn(timeout=5), await pool.getconn(timeout=5)]
+        shared = pool.connection()
+        first_done = asyncio.Event()
+
+        async def first() -> None:
+            async with shared as conn:
+                await conn.execute("SELECT 1")
+            first_done.set()
+
+        async def second() -> None:
+            async with shared as conn:
+                await conn.execute(f"INSERT INTO {table} VALUES (1)")
+                await asyncio.wait_for(first_done.wait(), 10)
+                # Still this task's transaction, uncommitted, on a connection it holds.
+                assert conn.info.transaction_status == TransactionStatus.INTRANS
+                assert committed_rows(pg, table) == 0
+                await conn.rollback()
+
+        tasks = [asyncio.create_task(first()), asyncio.create_task(second())]
+
+        def settled() -> int:  # entries waiting for a connection, or already ended
+            return pool.snapshot().waiting + sum(t.done() for t in tasks)
+
+        for _ in range(2000):
+            if settled() == 2:
+                break
+            await asyncio.sleep(0.005)
+        assert settled() == 2
+        for conn in held:
+            await pool.putconn(conn)
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
+        # The second entry of the open context is refused, as it is when it comes later.
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert [type(x) for x in errors] == [RuntimeError], results
+        assert "already open" in str(errors[0])
+        assert committed_rows(pg, table) == 0
+        # Nothing leaked: every connection is back, and the server sees none in use.
+        for _ in range(2000):
+            if pool.snapshot().used == 0:
+                break
+            await asyncio.sleep(0.005)
+        s = pool.snapshot()
+        assert (s.used, s.idle) == (0, 2)

@@ -45,6 +45,8 @@ from .tasks import (
 from .upkeep import IDLE, PoolUpkeep, _worker
 
 _new_object = object.__new__
+# What an entered `connection()` context holds while it waits for its connection.
+_ENTERING: Any = object()
 
 # Almost every uncontended checkout takes less than the first bucket: skip the bisect.
 _FIRST_ACQUIRE_BOUND = ACQUIRE_BUCKETS[0]
@@ -712,7 +714,16 @@ class _Borrow(Generic[CT]):
     def __enter__(self) -> CT:
         if self._conn is not None:
             raise RuntimeError("this connection() context is already open: create another")
-        self._conn = conn = self._pool.getconn(self._timeout)
+        # Claimed before the wait for a connection: another task (or thread) entering
+        # this same context meanwhile is refused above, instead of both getting a
+        # connection and the first exit ending the other's lending.
+        self._conn = _ENTERING
+        try:
+            conn = self._pool.getconn(self._timeout)
+        except BaseException:
+            self._conn = None  # no connection: the context can be entered again
+            raise
+        self._conn = conn
         # The token of this lending (see BasePool._checkout_locked); None if another
         # thread has already given the connection back.
         self._checkout = conn._pw_lending  # type: ignore[attr-defined]
