@@ -11,6 +11,9 @@ class that runs it right after the first of the two reads, and read the ground t
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +22,7 @@ import psycopg
 import pytest
 from psycopg.pq import TransactionStatus
 
-from poolwatch import AsyncConnectionPool, ConnectionPool
+from poolwatch import AsyncConnectionPool, ConnectionPool, NullConnectionPool
 
 pytestmark = pytest.mark.db
 
@@ -145,3 +148,76 @@ async def test_a_context_entered_by_two_waiting_tasks_refuses_the_second(pg, dsn
             await asyncio.sleep(0.005)
         s = pool.snapshot()
         assert (s.used, s.idle) == (0, 2)
+
+
+# Many threads, few connections, the interpreter switching threads as often as it can:
+# blocks that give their connection back midway (with or without a transaction open),
+# blocks that raise, and plain ones, all at once, on a pool that hands returned
+# connections straight to waiters. Each block's fate is known from what it did, so
+# the committed rows are predicted by the test and compared with the database.
+
+_MODES = ("commit", "close-in-transaction", "commit-then-close", "raise")
+
+
+@pytest.mark.parametrize("pool_class", [ConnectionPool, NullConnectionPool])
+@pytest.mark.parametrize("reset", [False, True], ids=["no-reset", "reset-callback"])
+def test_racing_blocks_commit_exactly_their_own_rows(pg, table, pool_class, reset):
+    app = f"relend-rt-{uuid.uuid4().hex[:8]}"
+    kwargs: dict[str, Any] = {"reset": lambda conn: None} if reset else {}
+    if pool_class is ConnectionPool:
+        kwargs["min_size"] = 2
+    nthreads, rounds = 4, 60
+    expected = [0] * nthreads
+    errors: list[BaseException] = []
+    with pool_class(
+        pg.dsn(application_name=app), max_size=2, close_returns=True, timeout=30, **kwargs
+    ) as pool:
+        pool.wait(timeout=30)
+
+        def worker(n: int) -> None:
+            try:
+                for i in range(rounds):
+                    mode = _MODES[(n + i) % len(_MODES)]
+                    try:
+                        with pool.connection() as conn:
+                            conn.execute(f"INSERT INTO {table} VALUES ({n})")
+                            if mode == "close-in-transaction":
+                                conn.close()  # the pool rolls it back
+                            elif mode == "commit-then-close":
+                                conn.commit()
+                                conn.close()
+                            elif mode == "raise":
+                                raise KeyError(mode)
+                    except KeyError:
+                        pass
+                    if mode in ("commit", "commit-then-close"):
+                        expected[n] += 1
+            except BaseException as ex:  # reported by the main thread
+                errors.append(ex)
+
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            threads = [threading.Thread(target=worker, args=(n,)) for n in range(nthreads)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+        finally:
+            sys.setswitchinterval(old)
+        assert not any(t.is_alive() for t in threads)
+        assert errors == []
+        rows = dict(pg.execute(f"SELECT x, count(*) FROM {table} GROUP BY x"))
+        assert [int(rows.get(n, 0)) for n in range(nthreads)] == expected
+        # Nothing left checked out: in the pool's count, and on the server no session
+        # of this pool is still in a transaction.
+        deadline = time.monotonic() + 30
+        while pool.snapshot().used and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool.snapshot().used == 0
+        in_tx = pg.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            f" WHERE application_name = '{app}'"
+            " AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
+        )
+        assert int(in_tx[0][0]) == 0
