@@ -221,3 +221,68 @@ def test_racing_blocks_commit_exactly_their_own_rows(pg, table, pool_class, rese
             " AND state IN ('idle in transaction', 'idle in transaction (aborted)')"
         )
         assert int(in_tx[0][0]) == 0
+
+
+# A task cancelled while its block's exit commits: the commit is interrupted (a
+# deferred trigger keeps it running), and the block must still give its connection
+# back, with no transaction left open on the server, and the cancellation must go on.
+
+
+async def test_a_task_cancelled_during_the_exit_commit_gives_its_connection_back(pg, table):
+    app = f"relend-rt-{uuid.uuid4().hex[:8]}"
+    fn, trig = f"{table}_slow", f"{table}_trg"
+    pg.execute(
+        f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN PERFORM pg_sleep(5); RETURN NULL; END $$"
+    )
+    pg.execute(
+        f"CREATE CONSTRAINT TRIGGER {trig} AFTER INSERT ON {table}"
+        f" DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {fn}()"
+    )
+    try:
+        async with AsyncConnectionPool(
+            pg.dsn(application_name=app), min_size=1, max_size=1, timeout=30
+        ) as pool:
+            await pool.wait(timeout=30)
+
+            async def block() -> None:
+                async with pool.connection() as conn:
+                    await conn.execute(f"INSERT INTO {table} VALUES (1)")
+
+            task = asyncio.create_task(block())
+
+            def committing() -> bool:
+                rows = pg.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    f" WHERE application_name = '{app}' AND query = 'COMMIT'"
+                    " AND state = 'active'"
+                )
+                return int(rows[0][0]) == 1
+
+            for _ in range(2000):
+                if committing() or task.done():
+                    break
+                await asyncio.sleep(0.005)
+            assert committing(), "the exit's commit is running"
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 20)
+            for _ in range(4000):
+                if pool.snapshot().used == 0 and pool.snapshot().idle == 1:
+                    break
+                await asyncio.sleep(0.005)
+            s = pool.snapshot()
+            assert (s.used, s.idle) == (0, 1)
+            # The interrupted commit did not commit, and nothing is left open.
+            assert committed_rows(pg, table) == 0
+            open_tx = pg.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                f" WHERE application_name = '{app}' AND state <> 'idle'"
+            )
+            assert int(open_tx[0][0]) == 0
+            # The connection works for the next block.
+            async with pool.connection() as conn:
+                assert (await (await conn.execute("SELECT 1")).fetchone()) == (1,)
+    finally:
+        pg.execute(f"DROP TRIGGER {trig} ON {table}")
+        pg.execute(f"DROP FUNCTION {fn}()")
