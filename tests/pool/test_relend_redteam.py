@@ -286,3 +286,51 @@ async def test_a_task_cancelled_during_the_exit_commit_gives_its_connection_back
     finally:
         pg.execute(f"DROP TRIGGER {trig} ON {table}")
         pg.execute(f"DROP FUNCTION {fn}()")
+
+
+def test_a_context_entered_by_two_waiting_threads_refuses_the_second(pg, dsn, table):
+    with ConnectionPool(dsn, min_size=2, max_size=2) as pool:
+        pool.wait(timeout=30)
+        held = [pool.getconn(timeout=5), pool.getconn(timeout=5)]
+        shared = pool.connection()
+        outcomes: list[BaseException | None] = []
+        entered: list[int] = []
+
+        def both_settled() -> bool:  # both inside their block, or one of them refused
+            return len(entered) + len(outcomes) >= 2
+
+        def borrower(n: int) -> None:
+            try:
+                with shared as conn:
+                    conn.execute(f"INSERT INTO {table} VALUES ({n})")
+                    entered.append(n)
+                    deadline = time.monotonic() + 20
+                    while not both_settled() and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                    assert conn.info.transaction_status == TransactionStatus.INTRANS
+                    conn.rollback()
+                outcomes.append(None)
+            except BaseException as ex:
+                outcomes.append(ex)
+
+        threads = [threading.Thread(target=borrower, args=(n,)) for n in range(2)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while pool.snapshot().waiting + len(outcomes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        for conn in held:
+            pool.putconn(conn)
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads)
+        # One block ran; the other entry was refused, as a later one would be.
+        errors = [x for x in outcomes if x is not None]
+        assert len(outcomes) == 2
+        assert [type(x) for x in errors] == [RuntimeError], outcomes
+        assert committed_rows(pg, table) == 0
+        deadline = time.monotonic() + 20
+        while pool.snapshot().used and time.monotonic() < deadline:
+            time.sleep(0.005)
+        s = pool.snapshot()
+        assert (s.used, s.idle) == (0, 2)
