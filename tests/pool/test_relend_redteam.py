@@ -11,6 +11,7 @@ class that runs it right after the first of the two reads, and read the ground t
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -334,3 +335,31 @@ def test_a_context_entered_by_two_waiting_threads_refuses_the_second(pg, dsn, ta
             time.sleep(0.005)
         s = pool.snapshot()
         assert (s.used, s.idle) == (0, 2)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_leaving_the_block_leaves_the_parents_transaction_alone(pg, dsn, table):
+    with ConnectionPool(dsn, min_size=1, max_size=1) as pool:
+        pool.wait(timeout=30)
+        block = pool.connection()
+        conn = block.__enter__()
+        conn.execute(f"INSERT INTO {table} VALUES (1)")
+        pid = os.fork()
+        if pid == 0:  # the child leaves the inherited block, then ends at once
+            code = 1
+            try:
+                block.__exit__(None, None, None)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0  # the child's exit raised nothing
+        # It neither committed (on the socket it shares with the parent) nor returned.
+        assert committed_rows(pg, table) == 0
+        assert conn.info.transaction_status == TransactionStatus.INTRANS
+        assert conn.execute("SELECT count(*) FROM " + table).fetchone() == (1,)
+        assert pool.snapshot().used == 1
+        block.__exit__(KeyError, KeyError("x"), None)  # the parent rolls back and returns
+        assert committed_rows(pg, table) == 0
+        s = pool.snapshot()
+        assert (s.used, s.idle) == (0, 1)
