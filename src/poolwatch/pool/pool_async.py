@@ -44,6 +44,8 @@ from .tasks_async import (
 from .upkeep_async import IDLE, AsyncPoolUpkeep, _worker
 
 _new_object = object.__new__
+# What an entered `connection()` context holds while it waits for its connection.
+_ENTERING: Any = object()
 
 # Almost every uncontended checkout takes less than the first bucket: skip the bisect.
 _FIRST_ACQUIRE_BOUND = ACQUIRE_BUCKETS[0]
@@ -746,7 +748,16 @@ class _AsyncBorrow(Generic[ACT]):
     async def __aenter__(self) -> ACT:
         if self._conn is not None:
             raise RuntimeError("this connection() context is already open: create another")
-        self._conn = conn = await self._pool.getconn(self._timeout)
+        # Claimed before the wait for a connection: another task (or thread) entering
+        # this same context meanwhile is refused above, instead of both getting a
+        # connection and the first exit ending the other's lending.
+        self._conn = _ENTERING
+        try:
+            conn = await self._pool.getconn(self._timeout)
+        except BaseException:
+            self._conn = None  # no connection: the context can be entered again
+            raise
+        self._conn = conn
         # The token of this lending (see BasePool._checkout_locked); None if another
         # thread has already given the connection back.
         self._checkout = conn._pw_lending  # type: ignore[attr-defined]
@@ -762,7 +773,12 @@ class _AsyncBorrow(Generic[ACT]):
         if conn is None:  # exited already
             return
         self._conn = None
-        if conn._pw_lending is not self._checkout or conn._pool is None:  # type: ignore[attr-defined]
+        # _pool first: another thread may lend the connection again between the two
+        # reads. A token read after _pool was seen set is this lending's only while the
+        # block still owns the connection (a token, once replaced, never comes back);
+        # read first, it could be the one a fast return leaves on an idle connection,
+        # and _pool, read after, that of the connection's next borrower.
+        if conn._pool is None or conn._pw_lending is not self._checkout:  # type: ignore[attr-defined]
             # Given back during the block (conn.close() with close_returns=True), and
             # maybe lent to someone else already: a commit or rollback here would end
             # their transaction, a return would take their connection. Nothing to do.
