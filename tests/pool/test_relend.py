@@ -11,7 +11,6 @@ import asyncio
 import queue
 import threading
 import time
-import uuid
 from contextlib import nullcontext
 
 import pytest
@@ -20,14 +19,6 @@ from psycopg.pq import TransactionStatus
 from poolwatch import AsyncConnectionPool, ConnectionPool
 
 pytestmark = pytest.mark.db
-
-
-@pytest.fixture
-def table(pg):
-    name = f"relend_{uuid.uuid4().hex[:10]}"
-    pg.execute(f"CREATE TABLE {name} (x int)")
-    yield name
-    pg.execute(f"DROP TABLE {name}")
 
 
 def committed_rows(pg, table: str) -> int:

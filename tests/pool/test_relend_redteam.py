@@ -25,6 +25,9 @@ from psycopg.pq import TransactionStatus
 
 from poolwatch import AsyncConnectionPool, ConnectionPool, NullConnectionPool
 
+# The same ground truth as the tests this file attacks (the `table` fixture: conftest.py).
+from .test_relend import committed_rows
+
 pytestmark = pytest.mark.db
 
 _WATCHED = frozenset({"_pw_lending", "_pool"})
@@ -44,18 +47,6 @@ class InterleavingConnection(psycopg.Connection):  # type: ignore[type-arg]
         return value
 
     armed: Callable[[], None] | None = None
-
-
-@pytest.fixture
-def table(pg):
-    name = f"relend_rt_{uuid.uuid4().hex[:10]}"
-    pg.execute(f"CREATE TABLE {name} (x int)")
-    yield name
-    pg.execute(f"DROP TABLE {name}")
-
-
-def committed_rows(pg, table: str) -> int:
-    return int(pg.execute(f"SELECT count(*) FROM {table}")[0][0])
 
 
 def test_a_borrower_between_the_exit_reads_keeps_its_transaction(pg, dsn, table):
