@@ -22,9 +22,11 @@ import asyncio
 import random
 import resource
 import statistics
+import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 #: an operation: does one unit of work and returns the sample to record (seconds)
@@ -86,6 +88,29 @@ class Usage:
     @property
     def switches(self) -> int:
         return self._now()[1] - self._switches
+
+
+@contextmanager
+def server(
+    dsn: str | None, max_connections: int = 40, announce: str | None = None
+) -> Iterator[str]:
+    """*dsn* if one was given, else a throwaway cluster's, destroyed on the way out.
+
+    What the benchmarks that also run alone (`--dsn` optional) share; *announce*, if
+    given, names the benchmark in a progress line when a cluster is started.
+    """
+    if dsn is not None:
+        yield dsn
+        return
+    from poolwatch.embedded import create_cluster
+
+    if announce:
+        print(f"{announce}: starting a throwaway PostgreSQL cluster", file=sys.stderr)
+    cluster = create_cluster(max_connections=max_connections)
+    try:
+        yield cluster.dsn()
+    finally:
+        cluster.destroy()
 
 
 def median_interval(

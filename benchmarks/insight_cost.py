@@ -28,6 +28,7 @@ import psycopg_pool
 import poolwatch
 from poolwatch.insight.activity import unwatch, watch
 
+from . import harness
 from .peers import AsyncPsycopgStyle, PsycopgStyle
 
 BASELINE = "psycopg_pool 3.3"
@@ -137,20 +138,13 @@ def table(results: dict[str, dict[str, list[float]]]) -> str:
 
 
 def main() -> int:
-    from poolwatch.embedded import create_cluster
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few rounds, for a smoke run")
     parser.add_argument("--dsn", help="use this server instead of a throwaway cluster")
     args = parser.parse_args()
     rounds, ops = (3, 5_000) if args.quick else (9, 20_000)
-    cluster = None if args.dsn else create_cluster(max_connections=50)
-    dsn = args.dsn or cluster.dsn()  # type: ignore[union-attr]
-    try:
+    with harness.server(args.dsn, max_connections=50) as dsn:
         print(table(measure(dsn, rounds, ops)))
-    finally:
-        if cluster is not None:
-            cluster.destroy()
     return 0
 
 

@@ -53,7 +53,7 @@ from typing import Any
 
 import psycopg
 
-from . import before, floor
+from . import before, floor, harness
 
 CASES = ("sync getconn+putconn", "sync connection()", "async getconn+putconn", "async connection()")
 QUERY = "SELECT 1"
@@ -405,21 +405,12 @@ def main() -> int:
         return 0
     if min(args.ops, args.queries, args.jobs) < 1:
         parser.error("--ops, --queries and --jobs must be at least 1")
-    cluster = None
-    if args.dsn is None:
-        from poolwatch.embedded import create_cluster
-
-        print("instructions: starting a throwaway PostgreSQL cluster", file=sys.stderr)
-        cluster = create_cluster()
     try:
-        dsn = args.dsn or cluster.dsn()  # type: ignore[union-attr]
-        print(table(measure(dsn, args.ops, args.queries, args.jobs)))
+        with harness.server(args.dsn, announce="instructions") as dsn:
+            print(table(measure(dsn, args.ops, args.queries, args.jobs)))
     except RuntimeError as ex:
         print(f"instructions: {ex}", file=sys.stderr)
         return 1
-    finally:
-        if cluster is not None:
-            cluster.destroy()
     return 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from poolwatch.embedded import create_cluster  # noqa: E402
+from benchmarks import harness  # noqa: E402
 from tests.insight.sizing_workloads import (  # noqa: E402
     FLOOR_SECONDS,
     SHAPES,
@@ -125,14 +125,9 @@ def main() -> int:
         "--update", type=Path, help="replace this section in this file (benchmarks/RESULTS.md)"
     )
     args = parser.parse_args()
-    cluster = None if args.dsn else create_cluster(max_connections=MAX_CONNECTIONS)
-    dsn = args.dsn or cluster.dsn()  # type: ignore[union-attr]
     started = time.monotonic()
-    try:
+    with harness.server(args.dsn, max_connections=MAX_CONNECTIONS) as dsn:
         points = measure(dsn, args.quick)
-    finally:
-        if cluster is not None:
-            cluster.destroy()
     body = (
         f"Run alone by `benchmarks/sizing.py{' --quick' if args.quick else ''}` on"
         f" {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, Python"
