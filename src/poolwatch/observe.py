@@ -9,7 +9,7 @@ need them one by one (tests, tracing). Nothing here imports a metrics library.
 from __future__ import annotations
 
 import logging
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import accumulate
@@ -102,6 +102,21 @@ class Histogram:
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
+
+    def observe_all(self, values: list[float]) -> None:
+        """`observe()` every value of *values*, which this sorts in place.
+
+        One sort and one bisect per bucket, both in C, instead of a bisect per value.
+        """
+        values.sort()
+        counts = self.counts
+        below = 0
+        for i, bound in enumerate(self.bounds):
+            upto = bisect_right(values, bound, below)  # values <= bound ("le")
+            counts[i] += upto - below
+            below = upto
+        counts[-1] += len(values) - below
+        self.sum += sum(values)
 
     @property
     def count(self) -> int:

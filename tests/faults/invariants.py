@@ -51,7 +51,7 @@ def at_rest_violations(pool: Any, held: list[Any], requests: int) -> list[str]:
     out = []
     with pool._lock:
         size, idle, used = pool._nconns, len(pool._idle), pool._used
-        agg = pool._agg.copy()
+        agg = pool._aggregates_locked()  # with the fast paths' deferred counts
     opening = size - idle - used
     if opening != 0:
         out.append(f"idle {idle} + used {used} + opening 0 != size {size}")

@@ -101,7 +101,8 @@ class Callbacks:
 class Driver:
     """Runs pool calls, sync or async, so that one machine serves both pools."""
 
-    def __init__(self, dsn: str, is_async: bool, callbacks: Callbacks) -> None:
+    def __init__(self, dsn: str, is_async: bool, callbacks: Callbacks | None) -> None:
+        """With no *callbacks*, the pool has none, and its fast paths are on."""
         self.is_async = is_async
         options: dict[str, Any] = {
             "kwargs": {"application_name": APP},
@@ -110,21 +111,19 @@ class Driver:
             "reconnect_timeout": 2.0,  # a failed configure is retried once, soon
         }
         cb = callbacks
+        if cb is not None:
+            if is_async:
+                options.update(check=cb.acheck, reset=cb.areset, configure=cb.aconfigure)
+            else:
+                options.update(check=cb.check, reset=cb.reset, configure=cb.configure)
         if is_async:
             self.loop = asyncio.new_event_loop()
-            self.pool: Any = AsyncConnectionPool(
-                dsn, open=False, name="sm-async", check=cb.acheck, reset=cb.areset,
-                configure=cb.aconfigure, **options,
-            )  # fmt: skip
-            cb.pool = self.pool
-            self.call(self.pool.open(wait=True))
+            self.pool: Any = AsyncConnectionPool(dsn, open=False, name="sm-async", **options)
         else:
-            self.pool = ConnectionPool(
-                dsn, open=False, name="sm-sync", check=cb.check, reset=cb.reset,
-                configure=cb.configure, **options,
-            )  # fmt: skip
-            cb.pool = self.pool
-            self.pool.open(wait=True)
+            self.pool = ConnectionPool(dsn, open=False, name="sm-sync", **options)
+        if cb is not None:
+            cb.pool = self.pool  # before open(): configure runs then, and reads the pool
+        self.call(self.pool.open(wait=True))
 
     def call(self, result: Any) -> Any:
         return self.loop.run_until_complete(result) if self.is_async else result

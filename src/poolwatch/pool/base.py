@@ -59,6 +59,10 @@ from ._redact import connect_error_class
 
 logger = logging.getLogger("poolwatch.pool")
 
+#: The fast return folds `BasePool._holds` once it holds this many hold times, so
+#: a pool nobody reads keeps a few kilobytes of them at most.
+HOLDS_FOLD_AT = 1024
+
 # Every open pool, so that a forked child can disable the ones it inherited.
 _open_pools: weakref.WeakSet[BasePool] = weakref.WeakSet()
 
@@ -283,7 +287,9 @@ class BasePool:
         self._out: dict[Any, float] = {}  # checked-out connection -> checkout time
         self._waiting: deque[Any] = deque()  # Waiter/AWaiter, FIFO
         self._nconns = min_size  # alive or being opened
-        self._nconns_min = min_size  # fewest idle seen in the current max_idle period
+        # Whether a checkout emptied the idle list since the last shrink check: if not,
+        # some connection stayed unused for a whole max_idle period and one can close.
+        self._idle_ran_out = min_size == 0
         # Only one connection is opened at a time when growing: during a spike a
         # burst of slow connects would leave no worker free to hand returns over.
         self._growing = False
@@ -303,6 +309,11 @@ class BasePool:
         self._transit_area = 0.0
         self._clock = monotonic()  # the latest time the transit integral reached
         self._used_reported = 0.0
+        # Hold times of fast returns not yet in the use histogram nor in _out_done. The
+        # fast return appends one float instead of a bisect and three float additions;
+        # every reader of either folds them in first, under the lock, and the return
+        # that fills the list folds it (see `_fold_holds_locked`).
+        self._holds: list[float] = []
         self._agg = PoolAggregates()
         self._acquire_ok = self._agg.acquire["ok"]  # the fast path's histogram
         # Requests the fast path served without waiting for the lock: each is one more
@@ -354,14 +365,34 @@ class BasePool:
         # getconn/putconn take their inlined fast paths only when nothing else (a check
         # callback, leak tracking, an observer, a closed pool) needs the general ones.
         # Call-site attribution does not: the fast paths record and forget the site.
+        self._refresh_fast_paths()
+
+    def _refresh_fast_paths(self) -> None:
+        """Recompute the switches of the inlined fast paths from what they depend on.
+
+        Called wherever one of those inputs changes, under the lock where the pool is in
+        use. A switch left off by mistake only costs speed; every input that can turn
+        one off (closing, a call-site finder, `wait()`) recomputes it in the same
+        critical section that changes the input.
+        """
         self._fast_checkout = (
-            not value
+            not self._closed_flag
             and self._FAST_PATHS
             and getattr(self, "_check", None) is None
             and self.leak_timeout is None
             and self._observer is None
             # async pools: not after asyncio.run() cancelled the workers (loop ending)
             and not getattr(self, "_runners_ended", False)
+        )
+        # connection() blocks take and give back inline (see `_Borrow`) when also
+        # nothing runs on return (no reset), no checkout is named (call sites), nobody
+        # waits for the pool to fill (`wait()`) and no deprecation warning is owed.
+        self._fast_borrow = (
+            self._fast_checkout
+            and getattr(self, "_reset", None) is None
+            and getattr(self, "_site_of", None) is None
+            and getattr(self, "_pool_full_event", None) is None
+            and not getattr(self, "_open_implicit", False)
         )
 
     @property
@@ -426,6 +457,7 @@ class BasePool:
         """
         with self._lock:
             self._site_of = site_of
+            self._refresh_fast_paths()
             if site_of is None:
                 self._sites.clear()
 
@@ -466,10 +498,14 @@ class BasePool:
     def aggregates(self) -> PoolAggregates:
         """A consistent copy of the pool's counters and histograms."""
         with self._lock:
-            agg = self._agg.copy()
-            agg.requests += self._instant
-            agg.acquire["ok"].counts[0] += self._instant
-            return agg
+            return self._aggregates_locked()
+
+    def _aggregates_locked(self) -> PoolAggregates:
+        self._fold_holds_locked()
+        agg = self._agg.copy()
+        agg.requests += self._instant
+        agg.acquire["ok"].counts[0] += self._instant
+        return agg
 
     def get_stats(self) -> dict[str, int]:
         """Counters and measures with psycopg_pool's keys (counters since `pop_stats`)."""
@@ -485,6 +521,7 @@ class BasePool:
             return self._stats_locked(reset=True)
 
     def _stats_locked(self, reset: bool) -> dict[str, int]:
+        self._fold_holds_locked()
         a = self._agg
         n_connect_ok = a.connect["ok"].count
         n_connect_err = a.connect["error"].count
@@ -533,6 +570,7 @@ class BasePool:
 
     def _used_seconds_locked(self, now: float) -> float:
         """Seconds connections have been used, up to *now* (read under the lock)."""
+        self._fold_holds_locked()
         out = self._out
         open_seconds = now * len(out) - sum(out.values()) if out else 0.0
         transit = self._transit_area + self._transit * max(0.0, now - self._clock)
@@ -540,6 +578,16 @@ class BasePool:
         if total > self._used_reported:
             self._used_reported = total
         return self._used_reported
+
+    def _fold_holds_locked(self) -> None:
+        """Add the hold times the fast return has kept in `_holds` to the use histogram
+        and to the seconds of ended checkouts (a reader calls this first, under the lock).
+        """
+        holds = self._holds
+        if holds:
+            self._out_done += sum(holds)
+            self._agg.use.observe_all(holds)
+            holds.clear()
 
     def _advance_used_locked(self, now: float) -> None:
         """Add the transit seconds accrued since the last change; call before _transit changes."""
@@ -568,8 +616,8 @@ class BasePool:
         idle = self._idle
         while idle:
             conn = idle.popleft()
-            if len(idle) < self._nconns_min:
-                self._nconns_min = len(idle)
+            if not idle:
+                self._idle_ran_out = True
             if conn._expire_at > now:
                 return conn
             # psycopg_pool checks the lifetime only on return; an idle connection can

@@ -31,7 +31,7 @@ from ..errors import PoolClosed, PoolConfigError, PoolTimeout, TooManyRequests
 from ..observe import ACQUIRE_BUCKETS, PoolObserver
 from ._lograte import flush_pool_warnings
 from ._redact import redact_message
-from .base import Backoff, borrower_stack, reject_unknown_arguments
+from .base import HOLDS_FOLD_AT, Backoff, borrower_stack, reject_unknown_arguments
 from .sched_async import AsyncScheduler
 from .tasks_async import (
     AddConnection,
@@ -163,7 +163,9 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
         )
 
     def _warn_implicit_open(self) -> None:
-        self._open_implicit = False
+        with self._lock:
+            self._open_implicit = False
+            self._refresh_fast_paths()
         if self._ASYNC:
             self._warn_open_in_constructor()
             return
@@ -250,6 +252,7 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
             if len(self._idle) >= self._min_size:
                 return
             self._pool_full_event = event = AEvent()
+            self._refresh_fast_paths()  # returns must reach _on_idle_added_locked
         logger.info("waiting for pool %r initialization", self.name)
         if not await event.wait_timeout(timeout):
             cause = self._last_connect_error
@@ -261,6 +264,7 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
             raise err from cause
         with self._lock:
             self._pool_full_event = None
+            self._refresh_fast_paths()
         logger.info("pool %r is ready to use", self.name)
 
     def _on_idle_added_locked(self) -> None:
@@ -410,8 +414,8 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
             idle = self._idle
             if idle and self._fast_checkout and idle[0]._expire_at > now:
                 conn = idle.popleft()
-                if len(idle) < self._nconns_min:
-                    self._nconns_min = len(idle)
+                if not idle:
+                    self._idle_ran_out = True
                 self._out[conn] = conn._pw_lending = now
                 if self._site_of is not None:  # call-site attribution, a few hundred ns
                     self._sites[conn] = self._site_of()
@@ -676,13 +680,13 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
                 ):
                     # The fast path, inlined: _checked_in_locked and _put_back_locked
                     # (with _deliver_locked) for a healthy connection.
-                    use = now - t_out
-                    self._out_done += use  # _end_checkout_locked, inlined (now is fresh)
+                    # Its hold time waits in _holds for a reader (see BasePool._holds).
+                    holds = self._holds
+                    holds.append(now - t_out)
+                    if len(holds) >= HOLDS_FOLD_AT:
+                        self._fold_holds_locked()
                     if self._sites:
                         self._sites.pop(conn, None)
-                    hist = self._agg.use
-                    hist.counts[bisect_left(hist.bounds, use)] += 1
-                    hist.sum += use
                     waiting = self._waiting
                     while waiting:
                         # Straight to the first request still waiting; one that gave up
@@ -748,6 +752,25 @@ class _AsyncBorrow(Generic[ACT]):
     async def __aenter__(self) -> ACT:
         if self._conn is not None:
             raise RuntimeError("this connection() context is already open: create another")
+        pool = self._pool
+        # getconn()'s fast path again, inlined for the case where the lock is free at once
+        # and an idle connection is ready: a call to getconn() would cost the block a
+        # frame more than the whole bookkeeping here. Anything else goes to getconn().
+        lock = pool._lock
+        if lock.acquire(False):
+            now = monotonic()
+            idle = pool._idle
+            if idle and pool._fast_borrow and idle[0]._expire_at > now:
+                conn = idle.popleft()
+                if not idle:
+                    pool._idle_ran_out = True
+                pool._out[conn] = conn._pw_lending = self._checkout = now
+                pool._instant += 1
+                conn._pool = pool
+                lock.release()
+                self._conn = conn
+                return conn  # type: ignore[no-any-return]
+            lock.release()
         # Claimed before the wait for a connection: another task (or thread) entering
         # this same context meanwhile is refused above, instead of both getting a
         # connection and the first exit ending the other's lending.
@@ -784,13 +807,42 @@ class _AsyncBorrow(Generic[ACT]):
             # their transaction, a return would take their connection. Nothing to do.
             logger.debug("connection given back before the end of its block: %s", conn)
             return
+        pool = self._pool
+        if exc_type is None and conn.pgconn.transaction_status == IDLE:
+            # putconn()'s fast path again, inlined: with no transaction open and no
+            # error, psycopg's connection exit would do nothing, and a call to putconn()
+            # would cost the block a frame more than the bookkeeping here.
+            lock = pool._lock
+            lock.acquire()
+            try:
+                now = monotonic()
+                if pool._fast_borrow and conn._expire_at > now and pool._nconns <= pool._max_size:
+                    # Still this block's lending (the token matched, and only its owner
+                    # ends a lending), so the connection is in _out since _checkout.
+                    del pool._out[conn]
+                    holds = pool._holds  # see BasePool._holds
+                    holds.append(now - self._checkout)
+                    if len(holds) >= HOLDS_FOLD_AT:
+                        pool._fold_holds_locked()
+                    waiting = pool._waiting
+                    while waiting:
+                        if waiting.popleft().assign(conn):
+                            pool._out[conn] = conn._pw_lending = now  # type: ignore[attr-defined]
+                            return
+                    conn._pool = None
+                    pool._idle_put(conn)
+                    return
+            finally:
+                lock.release()
+            await pool.putconn(conn)
+            return
         try:
             # psycopg's connection exit commits or rolls back; with no transaction
             # open and no error, it would do nothing, so skip the call.
             if exc_type is not None or conn.pgconn.transaction_status != IDLE:
                 await conn.__aexit__(exc_type, exc_val, exc_tb)
         finally:
-            await self._pool.putconn(conn)
+            await pool.putconn(conn)
 
 
 def _interrupted_close_reason(conn: Any) -> str | None:

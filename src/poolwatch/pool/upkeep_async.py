@@ -24,7 +24,9 @@ from .tasks_async import AddConnection, CloseConnection, MaintenanceTask, StopWo
 
 logger = logging.getLogger("poolwatch.pool")
 
-IDLE = TransactionStatus.IDLE
+# A plain int: libpq's transaction status comes back as an int (from psycopg's C
+# implementation), and int == int is a specialised comparison, int == IntEnum is not.
+IDLE = int(TransactionStatus.IDLE)
 INTRANS = TransactionStatus.INTRANS
 INERROR = TransactionStatus.INERROR
 UNKNOWN = TransactionStatus.UNKNOWN
@@ -371,19 +373,19 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
     async def _shrink_pool(self) -> None:
         """Close one idle connection if some stayed unused for a whole max_idle period."""
         with self._lock:
-            nconns_min, self._nconns_min = self._nconns_min, len(self._idle)
-            if not (self._nconns > self._min_size and nconns_min > 0 and self._idle):
+            # The next period starts now, with the idle list as it is.
+            ran_out, self._idle_ran_out = self._idle_ran_out, not self._idle
+            if not (self._nconns > self._min_size and not ran_out and self._idle):
                 return
             # The least recently used: the next one out (FIFO), or the last one (LIFO).
             conn = self._idle.pop() if self.use_lifo else self._idle.popleft()
-            self._nconns_min -= 1
+            self._idle_ran_out = not self._idle
             self._retire_locked(conn, "max_idle", monotonic(), replace=False)
             size = self._nconns
         logger.info(
-            "shrinking pool %r to %s because %s unused connections in the last %s sec",
+            "shrinking pool %r to %s: the idle list never ran out in the last %s sec",
             self.name,
             size,
-            nconns_min,
             self.max_idle,
         )
         self._flush_notifications()
