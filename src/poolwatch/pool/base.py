@@ -39,7 +39,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from difflib import get_close_matches
-from random import random
+from random import Random
 from time import monotonic
 from types import FrameType
 from typing import Any, ClassVar
@@ -58,6 +58,14 @@ from ..observe import (
 from ._redact import connect_error_class
 
 logger = logging.getLogger("poolwatch.pool")
+
+# The pool's own random stream for jitter: drawing from the random module's shared one
+# would move the application's sequence (seeded for a reproducible run, say) every time
+# a connection opens. Reseeded in a forked child, as the random module's is, so that a
+# fleet of forked workers does not reconnect in step.
+_jitter = Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_jitter.seed)
 
 #: The fast return folds `BasePool._holds` once it holds this many hold times, so
 #: a pool nobody reads keeps a few kilobytes of them at most.
@@ -166,7 +174,7 @@ def borrower_stack(limit: int = 16) -> traceback.StackSummary:
 
 def jitter(value: float, min_pc: float, max_pc: float) -> float:
     """*value* changed by a random fraction between *min_pc* and *max_pc*."""
-    return value * (1.0 + min_pc + (max_pc - min_pc) * random())
+    return value * (1.0 + min_pc + (max_pc - min_pc) * _jitter.random())
 
 
 class Backoff:
