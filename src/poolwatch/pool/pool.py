@@ -326,7 +326,11 @@ class ConnectionPool(PoolUpkeep[CT]):
         self._sched.enter(0, None)
 
     def __enter__(self) -> ConnectionPool[CT]:
-        self._open_implicit = False
+        with self._lock:
+            # No implicit-open warning is owed any more: the switch of the inlined
+            # paths, which that warning kept off, must learn it too.
+            self._open_implicit = False
+            self._refresh_fast_paths()
         self.open()
         return self
 

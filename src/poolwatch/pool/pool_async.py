@@ -346,7 +346,11 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
         self._sched.enter(0, None)
 
     async def __aenter__(self) -> AsyncConnectionPool[ACT]:
-        self._open_implicit = False
+        with self._lock:
+            # No implicit-open warning is owed any more: the switch of the inlined
+            # paths, which that warning kept off, must learn it too.
+            self._open_implicit = False
+            self._refresh_fast_paths()
         await self.open()
         return self
 
