@@ -754,14 +754,18 @@ class _AsyncBorrow(Generic[ACT]):
     _timeout: float | None
 
     async def __aenter__(self) -> ACT:
-        if self._conn is not None:
-            raise RuntimeError("this connection() context is already open: create another")
         pool = self._pool
         # getconn()'s fast path again, inlined for the case where the lock is free at once
         # and an idle connection is ready: a call to getconn() would cost the block a
         # frame more than the whole bookkeeping here. Anything else goes to getconn().
+        # Whether the context is open already is asked under the lock, and the answer
+        # stored before it is released: two threads entering one context at once
+        # would otherwise both borrow, and the lending stored first would be lost.
         lock = pool._lock
         if lock.acquire(False):
+            if self._conn is not None:
+                lock.release()
+                raise RuntimeError("this connection() context is already open: create another")
             now = monotonic()
             idle = pool._idle
             if idle and pool._fast_borrow and idle[0]._expire_at > now:
@@ -771,14 +775,17 @@ class _AsyncBorrow(Generic[ACT]):
                 pool._out[conn] = conn._pw_lending = self._checkout = now
                 pool._instant += 1
                 conn._pool = pool
-                lock.release()
                 self._conn = conn
+                lock.release()
                 return conn  # type: ignore[no-any-return]
             lock.release()
-        # Claimed before the wait for a connection: another task (or thread) entering
-        # this same context meanwhile is refused above, instead of both getting a
-        # connection and the first exit ending the other's lending.
-        self._conn = _ENTERING
+        # Claimed, under the lock, before the wait for a connection: another task (or
+        # thread) entering this same context meanwhile is refused, instead of both
+        # getting a connection and the first exit ending the other's lending.
+        with lock:
+            if self._conn is not None:
+                raise RuntimeError("this connection() context is already open: create another")
+            self._conn = _ENTERING
         try:
             conn = await self._pool.getconn(self._timeout)
         except BaseException:
@@ -799,13 +806,16 @@ class _AsyncBorrow(Generic[ACT]):
         conn = self._conn
         if conn is None:  # exited already
             return
+        # Read before the context is marked closed: from then on another thread may
+        # enter it again and store its own lending's token here.
+        checkout = self._checkout
         self._conn = None
         # _pool first: another thread may lend the connection again between the two
         # reads. A token read after _pool was seen set is this lending's only while the
         # block still owns the connection (a token, once replaced, never comes back);
         # read first, it could be the one a fast return leaves on an idle connection,
         # and _pool, read after, that of the connection's next borrower.
-        if conn._pool is None or conn._pw_lending is not self._checkout:  # type: ignore[attr-defined]
+        if conn._pool is None or conn._pw_lending is not checkout:  # type: ignore[attr-defined]
             # Given back during the block (conn.close() with close_returns=True), and
             # maybe lent to someone else already: a commit or rollback here would end
             # their transaction, a return would take their connection. Nothing to do.
@@ -825,7 +835,7 @@ class _AsyncBorrow(Generic[ACT]):
                     # ends a lending), so the connection is in _out since _checkout.
                     del pool._out[conn]
                     holds = pool._holds  # see BasePool._holds
-                    holds.append(now - self._checkout)
+                    holds.append(now - checkout)
                     if len(holds) >= HOLDS_FOLD_AT:
                         pool._fold_holds_locked()
                     waiting = pool._waiting
