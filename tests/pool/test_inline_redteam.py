@@ -11,6 +11,7 @@ import asyncio
 import sys
 import threading
 
+import psycopg
 import pytest
 
 from poolwatch import AsyncConnectionPool, ConnectionPool
@@ -94,3 +95,86 @@ def test_one_block_entered_by_two_threads_lends_one_connection(dsn):
                 assert (snap.used, snap.idle) == (0, nthreads), f"{len(entered)} entries"
         finally:
             sys.setswitchinterval(old_interval)
+
+
+# --- the shrink rule: `_idle_ran_out` in place of the fewest idle seen ---
+
+
+def test_max_idle_shrinks_as_psycopg_pool_does(dsn):
+    # psycopg_pool's rule, run side by side with the real psycopg_pool: at each
+    # max_idle tick, close one idle connection if the pool is above min_size and the
+    # idle list never ran out since the previous tick. Both pools see the same random
+    # checkouts, returns and ticks (the ticks called directly; max_idle is an hour),
+    # half the poolwatch checkouts through inlined connection() blocks.
+    import random
+
+    import psycopg_pool
+
+    rng = random.Random(5)
+    size = 4
+    ref = psycopg_pool.ConnectionPool(dsn, min_size=size, max_idle=3600, open=True)
+    ours = ConnectionPool(dsn, min_size=size, max_idle=3600, name="red5-shrink", open=True)
+    with ref, ours:
+        ref.wait()
+        ours.wait()
+        ref.resize(1, size)  # above min_size: the ticks may shrink
+        ours.resize(1, size)
+        held: list[tuple[object, object]] = []  # (psycopg_pool's, ours: a block or a conn)
+        shrinks = kept = 0
+        for step in range(400):
+            ref_idle = len(ref._pool)
+            assert ours.snapshot().idle == ref_idle, f"step {step}"
+            assert ours._nconns == ref._nconns, f"step {step}"
+            action = rng.random()
+            if action < 0.45 and ref_idle:
+                if rng.random() < 0.5:
+                    block = ours.connection()
+                    block.__enter__()
+                    held.append((ref.getconn(), block))
+                else:
+                    held.append((ref.getconn(), ours.getconn()))
+            elif action < 0.85 and held:
+                ref_conn, ours_side = held.pop(rng.randrange(len(held)))
+                ref.putconn(ref_conn)
+                if isinstance(ours_side, psycopg.Connection):
+                    ours.putconn(ours_side)
+                else:
+                    ours_side.__exit__(None, None, None)
+            else:
+                before = ref._nconns
+                ref._shrink_pool()
+                ours._shrink_pool()
+                assert ours._nconns == ref._nconns, f"step {step}"
+                shrinks += ref._nconns < before
+                kept += ref._nconns == before
+            if ref._nconns == 1 and not held:  # grow back (by a resize) to go on shrinking
+                ref.resize(size, size)
+                ours.resize(size, size)
+                ref.wait()
+                ours.wait()
+                ref.resize(1, size)
+                ours.resize(1, size)
+        for ref_conn, ours_side in held:
+            ref.putconn(ref_conn)
+            if isinstance(ours_side, psycopg.Connection):
+                ours.putconn(ours_side)
+            else:
+                ours_side.__exit__(None, None, None)
+        assert shrinks > 5 and kept > 5  # both outcomes were exercised
+
+
+def test_the_implicit_open_warning_is_given_by_the_first_block(dsn):
+    # A pool opened by its constructor without open=... owes a deprecation warning at
+    # its first use: an inlined block entry must not take the connection silently.
+    pool = ConnectionPool(dsn, min_size=1, name="red5-implicit")
+    try:
+        wait_until(lambda: pool.snapshot().idle == 1, timeout=30)
+        assert not pool._fast_borrow
+        with pytest.warns(DeprecationWarning, match="'open' parameter"):
+            with pool.connection():
+                pass
+        assert pool._fast_borrow  # owed no more: the inlined paths are back
+        with pool.connection() as conn:
+            assert pool._out[conn] is conn._pw_lending
+    finally:
+        pool.close()
