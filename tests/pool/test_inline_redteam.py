@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 
 import psycopg
 import pytest
@@ -178,3 +179,40 @@ def test_the_implicit_open_warning_is_given_by_the_first_block(dsn):
             assert pool._out[conn] is conn._pw_lending
     finally:
         pool.close()
+
+
+# --- wait() ---
+
+
+def test_two_waits_for_the_pool_to_fill_both_return(dsn):
+    # Each wait() stored its own event in the one slot the returns and new connections
+    # set: the second replaced the first, whose wait() then timed out (and closed the
+    # pool) although the pool was full; and the first to finish turned the inlined
+    # paths back on while the other still waited. Slow connections (a configure
+    # callback that sleeps) make both waits start before the pool fills.
+    def slow_configure(conn: psycopg.Connection) -> None:
+        time.sleep(0.3)
+
+    with ConnectionPool(
+        dsn, min_size=3, num_workers=1, configure=slow_configure, name="red5-waits", open=True
+    ) as pool:
+        errors: list[BaseException] = []
+        started = threading.Barrier(2, timeout=30)
+
+        def wait_for_full() -> None:
+            started.wait()
+            try:
+                pool.wait(timeout=20)
+            except BaseException as ex:  # reported below
+                errors.append(ex)
+
+        threads = [threading.Thread(target=wait_for_full) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+            assert not t.is_alive()
+        assert errors == []
+        assert not pool.closed
+        assert pool.snapshot().idle == 3
+        assert pool._fast_borrow  # nobody waits any more

@@ -129,6 +129,10 @@ class ConnectionPool(PoolUpkeep[CT]):
         self._sched: Scheduler
         self._sched_runner: Worker | None = None
         self._workers: list[Worker] = []
+        # The events of the wait() calls in progress, each its own (an event belongs to
+        # its caller's loop), all set once the pool is full; _pool_full_event is the
+        # latest of them, None when nobody waits (returns then need not look).
+        self._full_waits: list[Event] = []
         self._pool_full_event: Event | None = None
         self._loop: Any = None  # async: the event loop that opened the pool, its workers' loop
 
@@ -232,9 +236,19 @@ class ConnectionPool(PoolUpkeep[CT]):
             if len(self._idle) >= self._min_size:
                 return
             self._pool_full_event = event = Event()
+            self._full_waits.append(event)
             self._refresh_fast_paths()  # returns must reach _on_idle_added_locked
         logger.info("waiting for pool %r initialization", self.name)
-        if not event.wait_timeout(timeout):
+        try:
+            ready = event.wait_timeout(timeout)
+        finally:
+            with self._lock:
+                self._full_waits.remove(event)
+                # Another wait() may still be in progress: the slot and the switch
+                # follow the ones left, not this one's end.
+                self._pool_full_event = self._full_waits[-1] if self._full_waits else None
+                self._refresh_fast_paths()
+        if not ready:
             cause = self._last_connect_error
             self.close()
             err = PoolTimeout(
@@ -242,14 +256,12 @@ class ConnectionPool(PoolUpkeep[CT]):
                 snapshot=self.snapshot(),
             )
             raise err from cause
-        with self._lock:
-            self._pool_full_event = None
-            self._refresh_fast_paths()
         logger.info("pool %r is ready to use", self.name)
 
     def _on_idle_added_locked(self) -> None:
         if self._pool_full_event and len(self._idle) >= self._min_size:
-            self._pool_full_event.set()
+            for event in self._full_waits:
+                event.set()
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool: fail waiting and future requests with `PoolClosed`.

@@ -128,6 +128,10 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
         self._sched: AsyncScheduler
         self._sched_runner: AWorker | None = None
         self._workers: list[AWorker] = []
+        # The events of the wait() calls in progress, each its own (an event belongs to
+        # its caller's loop), all set once the pool is full; _pool_full_event is the
+        # latest of them, None when nobody waits (returns then need not look).
+        self._full_waits: list[AEvent] = []
         self._pool_full_event: AEvent | None = None
         self._loop: Any = None  # async: the event loop that opened the pool, its workers' loop
 
@@ -252,9 +256,19 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
             if len(self._idle) >= self._min_size:
                 return
             self._pool_full_event = event = AEvent()
+            self._full_waits.append(event)
             self._refresh_fast_paths()  # returns must reach _on_idle_added_locked
         logger.info("waiting for pool %r initialization", self.name)
-        if not await event.wait_timeout(timeout):
+        try:
+            ready = await event.wait_timeout(timeout)
+        finally:
+            with self._lock:
+                self._full_waits.remove(event)
+                # Another wait() may still be in progress: the slot and the switch
+                # follow the ones left, not this one's end.
+                self._pool_full_event = self._full_waits[-1] if self._full_waits else None
+                self._refresh_fast_paths()
+        if not ready:
             cause = self._last_connect_error
             await self.close()
             err = PoolTimeout(
@@ -262,14 +276,12 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
                 snapshot=self.snapshot(),
             )
             raise err from cause
-        with self._lock:
-            self._pool_full_event = None
-            self._refresh_fast_paths()
         logger.info("pool %r is ready to use", self.name)
 
     def _on_idle_added_locked(self) -> None:
         if self._pool_full_event and len(self._idle) >= self._min_size:
-            self._pool_full_event.set()
+            for event in self._full_waits:
+                event.set()
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close the pool: fail waiting and future requests with `PoolClosed`.
