@@ -15,7 +15,7 @@ import time
 import psycopg
 import pytest
 
-from poolwatch import AsyncConnectionPool, ConnectionPool
+from poolwatch import AsyncConnectionPool, ConnectionPool, PoolClosed
 
 from ..acompat import wait_until
 
@@ -216,3 +216,118 @@ def test_two_waits_for_the_pool_to_fill_both_return(dsn):
         assert not pool.closed
         assert pool.snapshot().idle == 3
         assert pool._fast_borrow  # nobody waits any more
+
+
+# --- blocks racing resize, drain, readers and close ---
+
+
+class _Lending:
+    """Which worker holds which connection, by the workers' own account."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holder: dict[int, int] = {}
+        self.double: list[str] = []
+        self.not_idle: list[str] = []
+        self.checkouts = 0
+
+    def took(self, conn: psycopg.Connection, me: int) -> None:
+        status = conn.pgconn.transaction_status
+        with self.lock:
+            self.checkouts += 1
+            other = self.holder.setdefault(id(conn), me)
+            if other != me:
+                self.double.append(f"{conn} lent to {me} while {other} held it")
+            if status != psycopg.pq.TransactionStatus.IDLE:
+                self.not_idle.append(f"{conn} lent in transaction status {status}")
+
+    def gives_back(self, conn: psycopg.Connection) -> None:
+        with self.lock:
+            del self.holder[id(conn)]
+
+
+def _borrow_often(pool: ConnectionPool, lending: _Lending, me: int, ops: int) -> None:
+    for i in range(ops):
+        try:
+            if i % 3:
+                with pool.connection(timeout=60) as conn:
+                    lending.took(conn, me)
+                    if i % 5 == 1:
+                        conn.execute("SELECT 1")  # a transaction left open: committed on exit
+                    lending.gives_back(conn)
+            else:
+                conn = pool.getconn(timeout=60)
+                lending.took(conn, me)
+                lending.gives_back(conn)
+                pool.putconn(conn)
+        except PoolClosed:
+            return  # closed under this worker: its part is over
+
+
+def _run_workers(
+    pool: ConnectionPool, lending: _Lending, n: int, ops: int
+) -> list[threading.Thread]:
+    workers = [
+        threading.Thread(target=_borrow_often, args=(pool, lending, me, ops)) for me in range(n)
+    ]
+    for t in workers:
+        t.start()
+    return workers
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive()
+
+
+def test_blocks_racing_resize_drain_readers_and_close_lose_nothing(dsn):
+    # Workers preempted every microsecond take and give back (most through inlined
+    # blocks) while another thread resizes, drains and reads the pool, then closes
+    # it under them. No connection may be lent twice or lent in a transaction, every
+    # checkout must be counted once in the use histogram, the used seconds must never
+    # go back, and after the close nothing may stay checked out or open.
+    nworkers, ops = 6, 150
+    pool = ConnectionPool(dsn, min_size=2, max_size=4, timeout=60, name="red5-chaos", open=False)
+    pool.open(wait=True, timeout=60)
+    lending = _Lending()
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = _run_workers(pool, lending, nworkers, ops)
+        used_seen = 0.0
+        for round_ in range(30):
+            pool.resize(*((1, 2) if round_ % 2 else (2, 4)))
+            if round_ % 5 == 0:
+                pool.drain()
+            used = pool.snapshot().used_seconds_total
+            assert used >= used_seen  # never backwards
+            used_seen = used
+            pool.aggregates()
+            pool.get_stats()
+            time.sleep(0.005)
+        _join(workers)
+        agg = pool.aggregates()
+        snap = pool.snapshot()
+        assert lending.double == [] and lending.not_idle == []
+        assert lending.checkouts == nworkers * ops
+        assert agg.use.count == lending.checkouts
+        assert agg.acquire["ok"].count == lending.checkouts
+        assert (snap.used, snap.waiting) == (0, 0)
+        assert snap.used_seconds_total >= used_seen
+
+        # Now closed under a second round of workers (far more work than they can do).
+        workers = _run_workers(pool, lending, nworkers, 100_000)
+        wait_until(lambda: lending.checkouts > nworkers * ops + 200, timeout=60)
+        pool.close()
+        _join(workers)
+    finally:
+        sys.setswitchinterval(old_interval)
+        pool.close()
+    assert lending.double == [] and lending.not_idle == []
+    assert lending.holder == {}
+    agg = pool.aggregates()
+    snap = pool.snapshot()
+    assert agg.use.count == lending.checkouts  # every checkout ended, and counted once
+    assert (snap.size, snap.idle, snap.used) == (0, 0, 0)
+    assert pool._out == {}
