@@ -331,3 +331,17 @@ def test_blocks_racing_resize_drain_readers_and_close_lose_nothing(dsn):
     assert agg.use.count == lending.checkouts  # every checkout ended, and counted once
     assert (snap.size, snap.idle, snap.used) == (0, 0, 0)
     assert pool._out == {}
+
+
+async def test_two_async_waits_for_the_pool_to_fill_both_return(dsn):
+    async def slow_configure(conn: psycopg.AsyncConnection) -> None:
+        await asyncio.sleep(0.3)
+
+    async with AsyncConnectionPool(
+        dsn, min_size=3, num_workers=1, configure=slow_configure, name="red5-awaits", open=False
+    ) as pool:
+        waits = [asyncio.ensure_future(pool.wait(timeout=20)) for _ in range(2)]
+        await asyncio.wait_for(asyncio.gather(*waits), 60)  # a PoolTimeout fails the test
+        assert not pool.closed
+        assert pool.snapshot().idle == 3
+        assert pool._fast_borrow and pool._full_waits == []

@@ -226,7 +226,7 @@ class ConnectionPool(PoolUpkeep[CT]):
             self._sched.enter(self._leak_scan_interval(), LeakScan(self).tick)
 
     def wait(self, timeout: float = 30.0) -> None:
-        """Wait until the pool holds *min_size* connections.
+        """Wait until the pool holds *min_size* connections (several callers may wait at once).
 
         Raises:
             PoolTimeout: not ready within *timeout* seconds; the pool is then closed.

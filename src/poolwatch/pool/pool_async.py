@@ -246,7 +246,7 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
             self._sched.enter(self._leak_scan_interval(), LeakScan(self).tick)
 
     async def wait(self, timeout: float = 30.0) -> None:
-        """Wait until the pool holds *min_size* connections.
+        """Wait until the pool holds *min_size* connections (several callers may wait at once).
 
         Raises:
             PoolTimeout: not ready within *timeout* seconds; the pool is then closed.
