@@ -790,14 +790,16 @@ class _AsyncBorrow(Generic[ACT]):
                 self._conn = conn
                 lock.release()
                 return conn  # type: ignore[no-any-return]
-            lock.release()
-        # Claimed, under the lock, before the wait for a connection: another task (or
-        # thread) entering this same context meanwhile is refused, instead of both
-        # getting a connection and the first exit ending the other's lending.
-        with lock:
-            if self._conn is not None:
-                raise RuntimeError("this connection() context is already open: create another")
+            # Claimed, under the lock, before the wait for a connection: another task
+            # (or thread) entering this same context meanwhile is refused, instead of
+            # both getting a connection and the first exit ending the other's lending.
             self._conn = _ENTERING
+            lock.release()
+        else:
+            with lock:  # the same claim, when the lock was busy
+                if self._conn is not None:
+                    raise RuntimeError("this connection() context is already open: create another")
+                self._conn = _ENTERING
         try:
             conn = await self._pool.getconn(self._timeout)
         except BaseException:
