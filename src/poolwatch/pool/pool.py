@@ -129,6 +129,10 @@ class ConnectionPool(PoolUpkeep[CT]):
         self._sched: Scheduler
         self._sched_runner: Worker | None = None
         self._workers: list[Worker] = []
+        # The events of the wait() calls in progress, each its own (an event belongs to
+        # its caller's loop), all set once the pool is full; _pool_full_event is the
+        # latest of them, None when nobody waits (returns then need not look).
+        self._full_waits: list[Event] = []
         self._pool_full_event: Event | None = None
         self._loop: Any = None  # async: the event loop that opened the pool, its workers' loop
 
@@ -222,7 +226,7 @@ class ConnectionPool(PoolUpkeep[CT]):
             self._sched.enter(self._leak_scan_interval(), LeakScan(self).tick)
 
     def wait(self, timeout: float = 30.0) -> None:
-        """Wait until the pool holds *min_size* connections.
+        """Wait until the pool holds *min_size* connections (several callers may wait at once).
 
         Raises:
             PoolTimeout: not ready within *timeout* seconds; the pool is then closed.
@@ -232,9 +236,19 @@ class ConnectionPool(PoolUpkeep[CT]):
             if len(self._idle) >= self._min_size:
                 return
             self._pool_full_event = event = Event()
+            self._full_waits.append(event)
             self._refresh_fast_paths()  # returns must reach _on_idle_added_locked
         logger.info("waiting for pool %r initialization", self.name)
-        if not event.wait_timeout(timeout):
+        try:
+            ready = event.wait_timeout(timeout)
+        finally:
+            with self._lock:
+                self._full_waits.remove(event)
+                # Another wait() may still be in progress: the slot and the switch
+                # follow the ones left, not this one's end.
+                self._pool_full_event = self._full_waits[-1] if self._full_waits else None
+                self._refresh_fast_paths()
+        if not ready:
             cause = self._last_connect_error
             self.close()
             err = PoolTimeout(
@@ -242,14 +256,12 @@ class ConnectionPool(PoolUpkeep[CT]):
                 snapshot=self.snapshot(),
             )
             raise err from cause
-        with self._lock:
-            self._pool_full_event = None
-            self._refresh_fast_paths()
         logger.info("pool %r is ready to use", self.name)
 
     def _on_idle_added_locked(self) -> None:
         if self._pool_full_event and len(self._idle) >= self._min_size:
-            self._pool_full_event.set()
+            for event in self._full_waits:
+                event.set()
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool: fail waiting and future requests with `PoolClosed`.
@@ -326,7 +338,11 @@ class ConnectionPool(PoolUpkeep[CT]):
         self._sched.enter(0, None)
 
     def __enter__(self) -> ConnectionPool[CT]:
-        self._open_implicit = False
+        with self._lock:
+            # No implicit-open warning is owed any more: the switch of the inlined
+            # paths, which that warning kept off, must learn it too.
+            self._open_implicit = False
+            self._refresh_fast_paths()
         self.open()
         return self
 
@@ -716,14 +732,18 @@ class _Borrow(Generic[CT]):
     _timeout: float | None
 
     def __enter__(self) -> CT:
-        if self._conn is not None:
-            raise RuntimeError("this connection() context is already open: create another")
         pool = self._pool
         # getconn()'s fast path again, inlined for the case where the lock is free at once
         # and an idle connection is ready: a call to getconn() would cost the block a
         # frame more than the whole bookkeeping here. Anything else goes to getconn().
+        # Whether the context is open already is asked under the lock, and the answer
+        # stored before it is released: two threads entering one context at once
+        # would otherwise both borrow, and the lending stored first would be lost.
         lock = pool._lock
         if lock.acquire(False):
+            if self._conn is not None:
+                lock.release()
+                raise RuntimeError("this connection() context is already open: create another")
             now = monotonic()
             idle = pool._idle
             if idle and pool._fast_borrow and idle[0]._expire_at > now:
@@ -733,14 +753,19 @@ class _Borrow(Generic[CT]):
                 pool._out[conn] = conn._pw_lending = self._checkout = now
                 pool._instant += 1
                 conn._pool = pool
-                lock.release()
                 self._conn = conn
+                lock.release()
                 return conn  # type: ignore[no-any-return]
+            # Claimed, under the lock, before the wait for a connection: another task
+            # (or thread) entering this same context meanwhile is refused, instead of
+            # both getting a connection and the first exit ending the other's lending.
+            self._conn = _ENTERING
             lock.release()
-        # Claimed before the wait for a connection: another task (or thread) entering
-        # this same context meanwhile is refused above, instead of both getting a
-        # connection and the first exit ending the other's lending.
-        self._conn = _ENTERING
+        else:
+            with lock:  # the same claim, when the lock was busy
+                if self._conn is not None:
+                    raise RuntimeError("this connection() context is already open: create another")
+                self._conn = _ENTERING
         try:
             conn = self._pool.getconn(self._timeout)
         except BaseException:
@@ -761,13 +786,16 @@ class _Borrow(Generic[CT]):
         conn = self._conn
         if conn is None:  # exited already
             return
+        # Read before the context is marked closed: from then on another thread may
+        # enter it again and store its own lending's token here.
+        checkout = self._checkout
         self._conn = None
         # _pool first: another thread may lend the connection again between the two
         # reads. A token read after _pool was seen set is this lending's only while the
         # block still owns the connection (a token, once replaced, never comes back);
         # read first, it could be the one a fast return leaves on an idle connection,
         # and _pool, read after, that of the connection's next borrower.
-        if conn._pool is None or conn._pw_lending is not self._checkout:  # type: ignore[attr-defined]
+        if conn._pool is None or conn._pw_lending is not checkout:  # type: ignore[attr-defined]
             # Given back during the block (conn.close() with close_returns=True), and
             # maybe lent to someone else already: a commit or rollback here would end
             # their transaction, a return would take their connection. Nothing to do.
@@ -787,7 +815,7 @@ class _Borrow(Generic[CT]):
                     # ends a lending), so the connection is in _out since _checkout.
                     del pool._out[conn]
                     holds = pool._holds  # see BasePool._holds
-                    holds.append(now - self._checkout)
+                    holds.append(now - checkout)
                     if len(holds) >= HOLDS_FOLD_AT:
                         pool._fold_holds_locked()
                     waiting = pool._waiting
