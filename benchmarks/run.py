@@ -30,6 +30,7 @@ from benchmarks import (  # noqa: E402
     connect,
     goals,
     handoff,
+    harness,
     insight_cost,
     instructions,
     memory,
@@ -39,7 +40,6 @@ from benchmarks import (  # noqa: E402
     throughput,
     web,
 )
-from poolwatch.embedded import create_cluster  # noqa: E402
 
 INSTRUCTIONS_TITLE = "Instructions per checkout and per query (valgrind)"
 INSTRUCTIONS_INTRO = (
@@ -79,13 +79,10 @@ def main() -> int:
     started = time.monotonic()
     load_before = os.getloadavg()
 
-    cluster = None
-    if args.dsn is None:
-        print("bench: starting a throwaway PostgreSQL cluster", file=sys.stderr)
-        cluster = create_cluster(max_connections=300)
-    dsn = args.dsn or cluster.dsn()  # type: ignore[union-attr]
     sections: list[tuple[str, str, str]] = []
-    try:
+    # A cluster of our own (unless --dsn): harness.server marks it as one the vs-raw
+    # rows may pin to a CPU; someone else's server is never moved.
+    with harness.server(args.dsn, max_connections=300, announce="bench") as dsn:
         print("bench: checkout", file=sys.stderr)
         ops = 5_000 if quick else 20_000
         sections.append((
@@ -221,9 +218,6 @@ def main() -> int:
             sizing.intro(quick),
             sizing.table(sizing.measure(dsn, quick)),
         ))  # fmt: skip
-    finally:
-        if cluster is not None:
-            cluster.destroy()
 
     minutes = (time.monotonic() - started) / 60
     load_after = os.getloadavg()

@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import psycopg
@@ -26,7 +27,7 @@ import psycopg_pool
 
 import poolwatch
 
-from . import before, floor, harness
+from . import before, floor, harness, pinning
 from .harness import DURATION, MEASURES, Measure, SyncOp
 from .peers import AsyncPeer, PsycopgStyle, SQLAlchemyPeer, SyncPeer, async_peers, new_loop
 
@@ -97,7 +98,18 @@ def _interleave(
                 out.setdefault(name, {}).setdefault(measure, []).append(m)
 
 
-def vs_raw(dsn: str, rounds: int, seconds: float, sizes: tuple[int, ...]) -> Results:
+def vs_raw(
+    dsn: str,
+    rounds: int,
+    seconds: float,
+    sizes: tuple[int, ...],
+    pin: bool = True,
+    notes: list[str] | None = None,
+) -> Results:
+    """Each row with the client and the server pinned to separate CPUs (see `pinning`).
+
+    *notes*, if given, collects what the pinning did (one note per distinct outcome).
+    """
     out: Results = {}
     for threads in sizes:
         conns = [psycopg.connect(dsn, autocommit=True) for _ in range(threads)]
@@ -107,18 +119,22 @@ def vs_raw(dsn: str, rounds: int, seconds: float, sizes: tuple[int, ...]) -> Res
                 peers[name] = PsycopgStyle(name, module, dsn, threads, kwargs=AUTOCOMMIT)
             peers[floor.NAME] = floor.FloorPeer(dsn, threads, AUTOCOMMIT)
             makers = {name: _query_op(peer, conns) for name, peer in peers.items()}
-            # The fixed work: what raw connections do in *seconds*, split evenly.
-            warm = harness.threads_for(threads, makers[RAW], seconds)
-            ops = max(20, int(warm.qps * seconds) // threads)
+            # Pinned only now: every backend of the row has been forked.
+            with pinning.pinned(dsn) if pin else nullcontext("not pinned") as note:
+                if notes is not None and note not in notes:
+                    notes.append(note)
+                # The fixed work: what raw connections do in *seconds*, split evenly.
+                warm = harness.threads_for(threads, makers[RAW], seconds)
+                ops = max(20, int(warm.qps * seconds) // threads)
 
-            def run(
-                name: str, measure: str, n: int = threads, ops: int = ops, makers: Any = makers
-            ) -> Measure:
-                if measure == DURATION:
-                    return harness.threads_for(n, makers[name], seconds)
-                return harness.threads_work(n, makers[name], ops)
+                def run(
+                    name: str, measure: str, n: int = threads, ops: int = ops, makers: Any = makers
+                ) -> Measure:
+                    if measure == DURATION:
+                        return harness.threads_for(n, makers[name], seconds)
+                    return harness.threads_work(n, makers[name], ops)
 
-            _interleave(list(peers), rounds, run, out.setdefault(f"{threads}", {}))
+                _interleave(list(peers), rounds, run, out.setdefault(f"{threads}", {}))
             print(f"  vs raw: {threads} threads done", file=sys.stderr, flush=True)
         finally:
             for peer in peers.values():
