@@ -1,13 +1,14 @@
 """Client on one CPU, PostgreSQL on the others, for the rows that compare against raw.
 
 On the shared 2-core VM the scheduler moves the benchmark's threads and each
-PostgreSQL backend between the two cores as it likes; a 0.3 s run's throughput
-then depends on where they landed, more than on the pool. Measured at T = 1 (20
-rounds of 0.3 s, libraries interleaved): the in-round ratio to raw connections had
-a standard deviation of 0.16 unpinned and 0.02-0.03 with the client on CPU 0 and
-every PostgreSQL process on CPU 1. `pinned` sets that up for one row and puts every
-affinity back at its end, so that later rows (uvicorn workers, valgrind children)
-run as they would have.
+PostgreSQL backend between the two cores as it likes; a short run's throughput then
+depends on where they landed, more than on the pool. With the libraries already
+taking turns every 20 ms (`slices`), pinning the client to CPU 0 and every
+PostgreSQL process to CPU 1 took the standard deviation of one round's ratio to raw
+connections from 0.17 to 0.07 at T = 1 and from 0.15 to 0.09 at T = 16 (at T = 4 it
+made no difference: 0.08 and 0.09); see the README's Benchmarks section. `pinned`
+sets that up for one row and puts every affinity back at its end, so that later
+rows (uvicorn workers, valgrind children) run as they would have.
 
 Only a cluster this benchmark started (`adopt`, which `harness.server` calls) is
 touched: its postmaster, found from the data directory we created, and that

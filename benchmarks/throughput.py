@@ -3,6 +3,11 @@
 Every row is measured twice in each round, by fixed duration and by fixed work (see
 `harness`), with the libraries interleaved and their order rotated from round to
 round; ratios are taken within a round, then the median over rounds is reported.
+In the rows against raw connections the libraries take turns every 20 ms on the
+same threads (`slices`) and the client and the server are pinned to separate CPUs
+(`pinning`): one round's ratio then moves by a standard deviation of about 0.07-0.09
+instead of 0.28-0.73 with one 0.3 s run per library (measured on the shared 2-core
+VM, T = 1 to 16; the README's Benchmarks section has the table).
 
 - T threads each running SELECT 1 on a pool of T, against T threads each holding a
   raw psycopg connection (the limit a pool can only approach). Every connection is
