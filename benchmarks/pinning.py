@@ -116,7 +116,7 @@ def _restore(current: list[int], before: dict[int, set[int]], default: set[int])
     for pid in current:
         try:
             os.sched_setaffinity(pid, before.get(pid, default))
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):  # gone, or never ours to move
             continue
 
 
@@ -163,6 +163,6 @@ def pinned(dsn: str) -> Iterator[str]:
         yield note
     finally:
         _restore(_threads(), client_before, set(cpus))
-        if postmaster is not None:
-            default = server_before.get(postmaster, set(cpus))
+        if postmaster is not None and postmaster in server_before:
+            default = server_before[postmaster]  # what a backend forked meanwhile inherits
             _restore([postmaster, *_children(postmaster)], server_before, default)
