@@ -29,6 +29,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from . import pinning
+
 #: an operation: does one unit of work and returns the sample to record (seconds)
 SyncOp = Callable[[], float]
 AsyncOp = Callable[[], Awaitable[float]]
@@ -97,7 +99,8 @@ def server(
     """*dsn* if one was given, else a throwaway cluster's, destroyed on the way out.
 
     What the benchmarks that also run alone (`--dsn` optional) share; *announce*, if
-    given, names the benchmark in a progress line when a cluster is started.
+    given, names the benchmark in a progress line when a cluster is started. Only a
+    cluster started here is one whose processes `pinned` may move between CPUs.
     """
     if dsn is not None:
         yield dsn
@@ -107,9 +110,11 @@ def server(
     if announce:
         print(f"{announce}: starting a throwaway PostgreSQL cluster", file=sys.stderr)
     cluster = create_cluster(max_connections=max_connections)
+    datadir = pinning.adopt(cluster.datadir)
     try:
         yield cluster.dsn()
     finally:
+        pinning.disown(datadir)
         cluster.destroy()
 
 

@@ -30,6 +30,7 @@ from benchmarks import (  # noqa: E402
     connect,
     goals,
     handoff,
+    harness,
     insight_cost,
     instructions,
     memory,
@@ -39,7 +40,6 @@ from benchmarks import (  # noqa: E402
     throughput,
     web,
 )
-from poolwatch.embedded import create_cluster  # noqa: E402
 
 INSTRUCTIONS_TITLE = "Instructions per checkout and per query (valgrind)"
 INSTRUCTIONS_INTRO = (
@@ -73,19 +73,23 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="few rounds, for a smoke run")
     parser.add_argument("--dsn", help="use this server instead of a throwaway cluster")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="run the SELECT 1 against raw rows without pinning the client to CPU 0 and"
+        " PostgreSQL to CPU 1 (they are pinned by default: see the README's Benchmarks)",
+    )
     args = parser.parse_args()
     quick = args.quick
     rounds = 3 if quick else 9
     started = time.monotonic()
     load_before = os.getloadavg()
 
-    cluster = None
-    if args.dsn is None:
-        print("bench: starting a throwaway PostgreSQL cluster", file=sys.stderr)
-        cluster = create_cluster(max_connections=300)
-    dsn = args.dsn or cluster.dsn()  # type: ignore[union-attr]
     sections: list[tuple[str, str, str]] = []
-    try:
+    # A cluster of our own (unless --dsn): harness.server marks it as one the vs-raw
+    # rows may pin to a CPU; someone else's server is never moved.
+    with harness.server(args.dsn, max_connections=300, announce="bench") as dsn:
         print("bench: checkout", file=sys.stderr)
         ops = 5_000 if quick else 20_000
         sections.append((
@@ -116,26 +120,34 @@ def main() -> int:
         # tens of percent from one second to the next, and the median of 30 in-round
         # ratios is steadier than that of 7 (the interval column says how steady).
         raw_rounds, raw_seconds = (3, 0.3) if quick else (30, 0.3)
+        pin_notes: list[str] = []
+        raw_results = throughput.vs_raw(
+            dsn, raw_rounds, raw_seconds, (1, 4, 16, 64), pin=args.pin, notes=pin_notes
+        )
         sections.append((
             "SELECT 1 throughput against raw connections",
             "T threads each running SELECT 1 on a pool of T, against T threads each holding"
             " its own connection; all in autocommit (one round trip per query). Each row is"
-            f" measured both ways in every one of {raw_rounds} rounds, libraries"
-            " interleaved and their order rotated: **fixed duration** (every thread runs"
-            f" for {raw_seconds:g} s; throughput = queries / elapsed; slowest worker's share ="
-            " its queries / the mean) and **fixed work** (every thread runs the same number"
-            " of queries, what raw connections do in that time; throughput = queries / time"
-            " until the last thread ends; slowest worker's share = mean finish time / last"
-            " finish time). Ratios are taken within each round, the table gives their"
-            " median and, in brackets, a 95% bootstrap interval of that median (the rounds"
-            " resampled). Latency = one query including the pool's checkout and return. Goals:"
-            " ≥ 0.95 of raw for T = 1, 4, 16 and ≥ 0.90 for T = 64, in both measures; p99"
-            " and max latency within 1.2 x raw's.",
-            throughput.vs_raw_table(
-                raw_results := throughput.vs_raw(
-                    dsn, raw_rounds, raw_seconds, (1, 4, 16, 64)
-                )
-            ),
+            f" measured both ways in every one of {raw_rounds} rounds: **fixed duration**"
+            f" (every thread runs for {raw_seconds:g} s per library; throughput = queries /"
+            " elapsed; slowest worker's share = its queries / the mean) and **fixed work**"
+            " (every thread runs the same number of queries, what raw connections do in that"
+            " time; throughput = queries / time until the last thread ends; slowest worker's"
+            " share = mean finish time / last finish time). Within a round the libraries take"
+            f" turns every {throughput.SLICE * 1e3:g} ms on the same T threads, their order"
+            " rotating, so that all of them meet the machine's load alike; a library's round"
+            " adds up its slices. CPUs: " + "; ".join(pin_notes) + (
+                " (pinned once each row's connections are open, put back after it)."
+                if args.pin
+                else " (`--no-pin`)."
+            ) + " On this VM, slices and pinning together took the standard deviation of"
+            " one round's ratio to raw from 0.28-0.73 (one 0.3 s run per library) to"
+            " 0.07-0.13 (README, Benchmarks). Ratios are taken within"
+            " each round, the table gives their median and, in brackets, a 95% bootstrap"
+            " interval of that median (the rounds resampled). Latency = one query including"
+            " the pool's checkout and return. Goals: ≥ 0.95 of raw for T = 1, 4, 16 and"
+            " ≥ 0.90 for T = 64, in both measures; p99 and max latency within 1.2 x raw's.",
+            throughput.vs_raw_table(raw_results),
         ))  # fmt: skip
         print("bench: where the time goes", file=sys.stderr)
         sections.append((
@@ -221,9 +233,6 @@ def main() -> int:
             sizing.intro(quick),
             sizing.table(sizing.measure(dsn, quick)),
         ))  # fmt: skip
-    finally:
-        if cluster is not None:
-            cluster.destroy()
 
     minutes = (time.monotonic() - started) / 60
     load_after = os.getloadavg()

@@ -3,6 +3,11 @@
 Every row is measured twice in each round, by fixed duration and by fixed work (see
 `harness`), with the libraries interleaved and their order rotated from round to
 round; ratios are taken within a round, then the median over rounds is reported.
+In the rows against raw connections the libraries take turns every 20 ms on the
+same threads (`slices`) and the client and the server are pinned to separate CPUs
+(`pinning`): one round's ratio then moves by a standard deviation of about 0.07-0.09
+instead of 0.28-0.73 with one 0.3 s run per library (measured on the shared 2-core
+VM, T = 1 to 16; the README's Benchmarks section has the table).
 
 - T threads each running SELECT 1 on a pool of T, against T threads each holding a
   raw psycopg connection (the limit a pool can only approach). Every connection is
@@ -19,6 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import psycopg
@@ -26,15 +32,18 @@ import psycopg_pool
 
 import poolwatch
 
-from . import before, floor, harness
+from . import before, floor, harness, pinning
 from .harness import DURATION, MEASURES, Measure, SyncOp
 from .peers import AsyncPeer, PsycopgStyle, SQLAlchemyPeer, SyncPeer, async_peers, new_loop
+from .slices import SlicedWorkers
 
 SQL = "SELECT 1"
 AUTOCOMMIT = {"autocommit": True}
 RAW = "raw connections"
 BASELINE = "psycopg_pool 3.3"
 DISAGREE = 0.20  # two measures further apart than this get an explanation
+#: seconds per slice in the vs-raw rows: libraries take turns this often (see `slices`)
+SLICE = 0.02
 
 #: row -> library -> measure -> one Measure per round
 Results = dict[str, dict[str, dict[str, list[Measure]]]]
@@ -97,30 +106,51 @@ def _interleave(
                 out.setdefault(name, {}).setdefault(measure, []).append(m)
 
 
-def vs_raw(dsn: str, rounds: int, seconds: float, sizes: tuple[int, ...]) -> Results:
+def vs_raw(
+    dsn: str,
+    rounds: int,
+    seconds: float,
+    sizes: tuple[int, ...],
+    pin: bool = True,
+    notes: list[str] | None = None,
+    slice_seconds: float = SLICE,
+) -> Results:
+    """Each row in *rounds* rounds of *seconds* per library and measure, cut in slices.
+
+    The libraries take turns every *slice_seconds* on the same threads (see `slices`),
+    with the client and the server pinned to separate CPUs (see `pinning`). *notes*,
+    if given, collects what the pinning did (each distinct outcome once).
+    """
     out: Results = {}
+    slices_per_round = max(1, round(seconds / slice_seconds))
     for threads in sizes:
         conns = [psycopg.connect(dsn, autocommit=True) for _ in range(threads)]
         peers: dict[str, Any] = {RAW: None}
+        workers = None
         try:
             for name, module in (("poolwatch", poolwatch), (BASELINE, psycopg_pool)):
                 peers[name] = PsycopgStyle(name, module, dsn, threads, kwargs=AUTOCOMMIT)
             peers[floor.NAME] = floor.FloorPeer(dsn, threads, AUTOCOMMIT)
-            makers = {name: _query_op(peer, conns) for name, peer in peers.items()}
-            # The fixed work: what raw connections do in *seconds*, split evenly.
-            warm = harness.threads_for(threads, makers[RAW], seconds)
-            ops = max(20, int(warm.qps * seconds) // threads)
-
-            def run(
-                name: str, measure: str, n: int = threads, ops: int = ops, makers: Any = makers
-            ) -> Measure:
-                if measure == DURATION:
-                    return harness.threads_for(n, makers[name], seconds)
-                return harness.threads_work(n, makers[name], ops)
-
-            _interleave(list(peers), rounds, run, out.setdefault(f"{threads}", {}))
+            workers = SlicedWorkers(
+                threads, {name: _query_op(peer, conns) for name, peer in peers.items()}
+            )
+            # Pinned only now: every backend of the row has been forked.
+            with pinning.pinned(dsn) if pin else nullcontext("not pinned") as note:
+                if notes is not None and note not in notes:
+                    notes.append(note)
+                # The fixed work per slice: what raw connections do in one, split evenly.
+                warm = workers.round(0, slice_seconds, slices_per_round, 1)[RAW][DURATION]
+                quota = max(5, int(warm.qps * slice_seconds) // threads)
+                row = out.setdefault(f"{threads}", {})
+                for r in range(rounds):
+                    by_lib = workers.round(r, slice_seconds, slices_per_round, quota)
+                    for name, by_measure in by_lib.items():
+                        for measure, m in by_measure.items():
+                            row.setdefault(name, {}).setdefault(measure, []).append(m)
             print(f"  vs raw: {threads} threads done", file=sys.stderr, flush=True)
         finally:
+            if workers is not None:
+                workers.close()
             for peer in peers.values():
                 if peer is not None:
                     peer.close()
