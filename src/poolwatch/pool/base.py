@@ -3,8 +3,9 @@
 Concurrency: what the design relies on (and why it holds on free-threaded CPython too).
 
 - Every write to pool state (idle deque, `_out`, waiters, counters, histograms, the
-  used-seconds parts) happens under `self._lock`, a plain `threading.Lock`, and every
-  reader that needs numbers that agree (`snapshot`, `aggregates`, `get_stats`) takes it.
+  used-seconds parts, the hold times kept aside in `_holds`) happens under `self._lock`,
+  a plain `threading.Lock`, and every reader that needs numbers that agree (`snapshot`,
+  `aggregates`, `get_stats`) takes it, and folds `_holds` in first.
   Nothing depends on the GIL making a sequence of operations atomic, so a counter
   cannot lose an update under any interleaving (tests/pool/test_exactness.py preempts
   threads every microsecond and counts exactly).
@@ -16,7 +17,8 @@ Concurrency: what the design relies on (and why it holds on free-threaded CPytho
   assigned and takes the lock only to record its wait.
 - Reads outside the lock are single loads of one attribute or one dict item, which are
   atomic on every CPython build: the fast-path switches (`_fast_checkout`,
-  `_open_implicit`, `_reset`), a connection's libpq transaction status, a `_Borrow`'s
+  `_open_implicit`, `_reset`; `_fast_borrow`, which a `connection()` block reads under
+  the lock), a connection's libpq transaction status, a `_Borrow`'s
   reads of its connection's `_pw_lending` and `_pool` (written under the lock, see
   `_checkout_locked`; only the owner of a lending can end it, so while the block still
   owns its connection no other thread writes them), and `waiter.conn`. `assign` sets the waiter
