@@ -19,12 +19,12 @@ import psycopg
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import invariant, precondition, rule
 
 from poolwatch import PoolTimeout
 
 from .invariants import MonotonicWatch, at_rest_violations, instant_violations
-from .test_state_machine import APP, SETTINGS, Driver
+from .test_state_machine import SETTINGS, Driver, PoolSteps
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -33,7 +33,7 @@ class Boom(Exception):
     """Raised inside a block, as application code would."""
 
 
-class FastPoolMachine(RuleBasedStateMachine):
+class FastPoolMachine(PoolSteps):
     dsn: str
     pg: Any
     is_async: bool
@@ -140,22 +140,6 @@ class FastPoolMachine(RuleBasedStateMachine):
         except Boom:
             pass  # the block lets the application's error through
         self.ended += 1  # by the exit, or by the putconn inside (the exit then does nothing)
-
-    @rule(min_size=st.integers(0, 2), extra=st.integers(0, 2))
-    def resize(self, min_size: int, extra: int) -> None:
-        self.d.call(self.d.pool.resize(min_size, max(1, min_size + extra)))
-
-    @rule()
-    def drain(self) -> None:
-        self.d.call(self.d.pool.drain())
-
-    @rule()
-    def check(self) -> None:
-        self.d.call(self.d.pool.check())
-
-    @rule()
-    def kill_backends(self) -> None:
-        self.pg.terminate_backends(APP)
 
     @invariant()
     def invariants_hold(self) -> None:

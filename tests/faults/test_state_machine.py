@@ -143,7 +143,30 @@ class Driver:
             self.loop.close()
 
 
-class PoolMachine(RuleBasedStateMachine):
+class PoolSteps(RuleBasedStateMachine):
+    """The steps on the pool as a whole, shared with the fast-path machine."""
+
+    pg: Any
+    d: Driver
+
+    @rule(min_size=st.integers(0, 2), extra=st.integers(0, 2))
+    def resize(self, min_size: int, extra: int) -> None:
+        self.d.call(self.d.pool.resize(min_size, max(1, min_size + extra)))
+
+    @rule()
+    def drain(self) -> None:
+        self.d.call(self.d.pool.drain())
+
+    @rule()
+    def check(self) -> None:
+        self.d.call(self.d.pool.check())
+
+    @rule()
+    def kill_backends(self) -> None:
+        self.pg.terminate_backends(APP)
+
+
+class PoolMachine(PoolSteps):
     dsn: str
     pg: Any
     is_async: bool
@@ -194,22 +217,6 @@ class PoolMachine(RuleBasedStateMachine):
         except psycopg.OperationalError:
             pass  # its backend was killed earlier: it goes back broken
         self.d.call(self.d.pool.putconn(conn))
-
-    @rule(min_size=st.integers(0, 2), extra=st.integers(0, 2))
-    def resize(self, min_size: int, extra: int) -> None:
-        self.d.call(self.d.pool.resize(min_size, max(1, min_size + extra)))
-
-    @rule()
-    def drain(self) -> None:
-        self.d.call(self.d.pool.drain())
-
-    @rule()
-    def check(self) -> None:
-        self.d.call(self.d.pool.check())
-
-    @rule()
-    def kill_backends(self) -> None:
-        self.pg.terminate_backends(APP)
 
     @rule(
         which_mode=st.sampled_from(

@@ -64,6 +64,15 @@ class Truth:
     spans: float = 0.0  # from getconn() called to putconn() returned: encloses the use
     asked: float = 0.0  # from getconn() called to it returning: encloses the wait
 
+    def record(self, called: float, got: float, done: float, returned: float) -> None:
+        """One request, timed around the pool's calls: getconn() (or the block's entry)
+        *called* and returning (*got*), the connection given back from *done* until
+        *returned*."""
+        self.requests += 1
+        self.asked += got - called
+        self.held += done - got
+        self.spans += returned - called
+
     def add(self, other: Truth) -> None:
         self.requests += other.requests
         self.held += other.held
@@ -83,10 +92,7 @@ def _one_sync(pool: ConnectionPool, truth: Truth, i: int) -> None:
                 conn.execute("SELECT 1")
             t2 = clock()
         t3 = clock()
-        truth.requests += 1
-        truth.asked += t1 - t0
-        truth.held += t2 - t1
-        truth.spans += t3 - t0
+        truth.record(t0, t1, t2, t3)
         return
     t0 = clock()
     conn = pool.getconn()
@@ -96,10 +102,7 @@ def _one_sync(pool: ConnectionPool, truth: Truth, i: int) -> None:
     t2 = clock()
     pool.putconn(conn)
     t3 = clock()
-    truth.requests += 1
-    truth.asked += t1 - t0
-    truth.held += t2 - t1
-    truth.spans += t3 - t0
+    truth.record(t0, t1, t2, t3)
 
 
 def _exposition(pool: ConnectionPool | AsyncConnectionPool) -> dict[tuple[str, str], float]:
@@ -209,10 +212,7 @@ async def _one_async(pool: AsyncConnectionPool, truth: Truth, i: int) -> None:
                 await conn.execute("SELECT 1")
             t2 = clock()
         t3 = clock()
-        truth.requests += 1
-        truth.asked += t1 - t0
-        truth.held += t2 - t1
-        truth.spans += t3 - t0
+        truth.record(t0, t1, t2, t3)
         return
     t0 = clock()
     conn = await pool.getconn()
@@ -222,10 +222,7 @@ async def _one_async(pool: AsyncConnectionPool, truth: Truth, i: int) -> None:
     t2 = clock()
     await pool.putconn(conn)
     t3 = clock()
-    truth.requests += 1
-    truth.asked += t1 - t0
-    truth.held += t2 - t1
-    truth.spans += t3 - t0
+    truth.record(t0, t1, t2, t3)
 
 
 async def _tasks(pool: AsyncConnectionPool, truths: list[Truth]) -> None:
