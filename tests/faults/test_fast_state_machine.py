@@ -8,7 +8,8 @@ killed, the pool resized, or the block's connection given back by hand inside it
 The same invariants are checked after every step, including that no counter,
 histogram bucket or used-seconds total ever goes down, and that every request is
 counted once (the fast paths keep some counts aside until a reader asks: see
-`BasePool._instant` and `BasePool._holds`).
+`BasePool._instant` and `BasePool._holds`). Sync blocks run both ways: compiled
+(`_hot.c`, the default where it is built) and in Python.
 """
 
 from __future__ import annotations
@@ -37,11 +38,18 @@ class FastPoolMachine(PoolSteps):
     dsn: str
     pg: Any
     is_async: bool
+    compiled: bool
 
     def __init__(self) -> None:
         super().__init__()
         self.watch = MonotonicWatch()
         self.d = Driver(self.dsn, self.is_async, None)
+        if not self.is_async:
+            # Sync blocks run compiled where _hot is built (it must be, here: see
+            # tests/pool/test_compiled_blocks.py), or in Python when the desk is gone.
+            assert self.d.pool._desk is not None, "the compiled blocks are not built"
+            if not self.compiled:
+                self.d.pool._desk = None
         self.held: list[Any] = []  # by getconn
         self.blocks: list[tuple[Any, Any]] = []  # (the open connection() context, its connection)
         self.requests = 0
@@ -157,12 +165,16 @@ class FastPoolMachine(PoolSteps):
         assert self.d.pool.get_stats().get("requests_num", 0) == self.requests
 
 
-@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
-def test_fast_pool_state_machine(pg, dsn, is_async, request):
+@pytest.mark.parametrize(
+    ("is_async", "compiled"),
+    [(False, True), (False, False), (True, False)],
+    ids=["sync-compiled", "sync-python", "async"],
+)
+def test_fast_pool_state_machine(pg, dsn, is_async, compiled, request):
     machine = type(
-        f"FastPoolMachine_{'async' if is_async else 'sync'}",
+        f"FastPoolMachine_{request.node.callspec.id}",
         (FastPoolMachine,),
-        {"dsn": dsn, "pg": pg, "is_async": is_async},
+        {"dsn": dsn, "pg": pg, "is_async": is_async, "compiled": compiled},
     )
     test_case = machine.TestCase
     long = request.config.getoption("--long")

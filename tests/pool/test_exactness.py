@@ -11,9 +11,11 @@ What preemption can and cannot show: CPython with a GIL switches threads only at
 calls and backward jumps, so a bare ``x += 1`` cannot be torn there, but an update
 that calls something between its read and its write can (``area += len(out) * dt``:
 moving the used-seconds update of `putconn` out of the lock makes this test fail
-at once). Free-threaded CPython can tear both, which is why the pool relies on no
-GIL atomicity for its state: every read-modify-write of it is done under one
-`threading.Lock` (see `BasePool`). The test is about counts: no timing is asserted.
+at once). Free-threaded CPython can tear both, which is why the pool's Python code
+relies on no GIL atomicity for its state: every read-modify-write of it is done under
+one `threading.Lock` (see `BasePool`). The compiled sync blocks (`_hot.c`) do rely on
+the GIL, and are not built without one; the sync test runs with them and without.
+The test is about counts: no timing is asserted.
 """
 
 from __future__ import annotations
@@ -175,10 +177,14 @@ def _forced_waits_sync(pool: ConnectionPool, truth: Truth) -> int:
     return FORCED_ROUNDS * FORCED_WAITERS
 
 
-def test_counters_are_exact_with_threads_preempted_every_microsecond(dsn, preempt_often):
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-blocks", "python-blocks"])
+def test_counters_are_exact_with_threads_preempted_every_microsecond(dsn, preempt_often, compiled):
     with ConnectionPool(
         dsn, min_size=SIZE, name="exact-sync", timeout=60, kwargs={"autocommit": True}
     ) as pool:
+        assert pool._desk is not None, "the compiled blocks (_hot.c) are not built"
+        if not compiled:
+            pool._desk = None  # the Python blocks, which take the lock
         pool.wait(timeout=60)
         truths = [Truth() for _ in range(THREADS)]
         barrier = threading.Barrier(THREADS)

@@ -6,9 +6,17 @@ Concurrency: what the design relies on (and why it holds on free-threaded CPytho
   used-seconds parts, the hold times kept aside in `_holds`) happens under `self._lock`,
   a plain `threading.Lock`, and every reader that needs numbers that agree (`snapshot`,
   `aggregates`, `get_stats`) takes it, and folds `_holds` in first.
-  Nothing depends on the GIL making a sequence of operations atomic, so a counter
-  cannot lose an update under any interleaving (tests/pool/test_exactness.py preempts
-  threads every microsecond and counts exactly).
+  Nothing written in Python depends on the GIL making a sequence of operations
+  atomic, so a counter cannot lose an update under any interleaving
+  (tests/pool/test_exactness.py preempts threads every microsecond and counts exactly).
+- One exception, compiled: a sync pool's `connection()` blocks (`_hot.c`, see
+  `_compiled`) take and give back without the lock when it is free, as one sequence
+  of C calls that runs no Python code: under the GIL no other thread can run between
+  them, so it acts as a critical section. It writes what the Python blocks write
+  (idle deque, `_out`, `_holds`, `_idle_ran_out`, the connection's token), counts its
+  instant requests in `_desk.instant` (added to `_instant` by `_fold_holds_locked`)
+  and reads `_desk.fast` for `_fast_borrow`. It is not built on free-threaded
+  CPython, where the Python blocks run.
 - The claim itself needs that lock anyway (pop an idle connection and record the
   checkout as one step), so the counters ride in the same short critical section:
   per-thread or striped counters summed at scrape time would add a thread-local look-up
@@ -330,6 +338,10 @@ class BasePool:
         # request and one more "ok" acquire in the first bucket with a wait of zero. One
         # increment there instead of two; `aggregates()` and the stats add it back in.
         self._instant = 0
+        # A sync pool's compiled blocks (`_compiled`), None if it has none. They count
+        # their instant requests in `desk.instant`, which the fold adds to _instant, and
+        # read their own copy of _fast_borrow, `desk.fast`.
+        self._desk: Any = None
         self._stats_base: dict[str, int] = {}
         self._drained_at = 0.0
         self._last_connect_error: BaseException | None = None
@@ -404,6 +416,9 @@ class BasePool:
             and getattr(self, "_pool_full_event", None) is None
             and not getattr(self, "_open_implicit", False)
         )
+        desk = getattr(self, "_desk", None)
+        if desk is not None:
+            desk.fast = self._fast_borrow
 
     @property
     def min_size(self) -> int:
@@ -593,6 +608,10 @@ class BasePool:
         """Add the hold times the fast return has kept in `_holds` to the use histogram
         and to the seconds of ended checkouts (a reader calls this first, under the lock).
         """
+        desk = self._desk
+        if desk is not None and desk.instant:
+            self._instant += desk.instant
+            desk.instant = 0
         holds = self._holds
         if holds:
             self._out_done += sum(holds)
@@ -853,6 +872,7 @@ class BasePool:
         # (psycopg does not close a connection created by another process).
         self._forked_from = os.getppid()
         self._lock = threading.Lock()  # another thread may have held it at fork time
+        self._desk = None  # it holds the old lock; the Python blocks take the new one
         now = monotonic()
         self._advance_used_locked(now)  # what was used until now stays counted
         for conn, t_out in self._out.items():

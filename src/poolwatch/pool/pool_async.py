@@ -29,6 +29,7 @@ from .._acompat import (
 from ..abc import ACT, AsyncConnectFailedCB, AsyncConnectionCB, AsyncConninfoParam, AsyncKwargsParam
 from ..errors import PoolClosed, PoolConfigError, PoolTimeout, TooManyRequests
 from ..observe import ACQUIRE_BUCKETS, PoolObserver
+from . import _compiled
 from ._lograte import flush_pool_warnings
 from ._redact import redact_message
 from .base import HOLDS_FOLD_AT, Backoff, borrower_stack, reject_unknown_arguments
@@ -150,6 +151,9 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
             observer=observer,
             use_lifo=use_lifo,
         )
+        self._desk = _compiled.desk_for(_DESK, self)
+        if self._desk is not None:
+            self._refresh_fast_paths()  # the desk keeps its own copy of _fast_borrow
         if self._ASYNC and open:
             self._warn_open_in_constructor()
         if open is None:
@@ -391,6 +395,9 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
         Raises:
             PoolTimeout, TooManyRequests, PoolClosed: as `getconn()`.
         """
+        desk = self._desk
+        if desk is not None:  # the compiled block (sync pools only: see _compiled)
+            return desk.lend(timeout)  # type: ignore[no-any-return]
         # Built without __init__: a class call runs __init__ in a frame of its own,
         # which costs a checkout more than the three stores below.
         borrow: _AsyncBorrow[ACT] = _new_object(_AsyncBorrow)
@@ -871,6 +878,11 @@ class _AsyncBorrow(Generic[ACT]):
                 await conn.__aexit__(exc_type, exc_val, exc_tb)
         finally:
             await pool.putconn(conn)
+
+
+# The compiled twin of _AsyncBorrow's fast case, where it is built (see _compiled); it
+# calls _AsyncBorrow's methods for everything else.
+_DESK = _compiled.load(_AsyncBorrow)
 
 
 def _interrupted_close_reason(conn: Any) -> str | None:

@@ -1,0 +1,65 @@
+"""Whether a sync pool's `connection()` blocks can use the compiled fast path.
+
+`_hot` (a C extension, `_hot.c`) does a block's take and give-back without taking the
+pool lock, relying on the GIL instead (its header says how). setup.py builds it on
+GIL builds of CPython, as an optional extension: where it is missing (no compiler,
+PyPy, a free-threaded CPython) the Python blocks run, which take the lock.
+
+The compiled code reads and writes a few attributes of the pool and of its
+connections, and must run no Python code while it does: so it is used only when
+neither class can run Python code on those attributes (a property, `__setattr__`,
+`__getattribute__` or `__getattr__` of their own).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .base import HOLDS_FOLD_AT
+
+#: Set to 1 to make every pool use the Python blocks (to compare, or to rule the
+#: compiled path out when looking for a fault).
+PURE_PYTHON_VARIABLE = "POOLWATCH_PURE_PYTHON"
+
+# What the compiled blocks read or write with the GIL as their only lock.
+_POOL_ATTRIBUTES = ("_idle_ran_out", "_nconns", "_max_size")
+_CONNECTION_ATTRIBUTES = ("_expire_at", "_pw_lending", "_pool", "pgconn")
+
+
+def load(block_class: Any) -> Any:
+    """The compiled desk type for *block_class*'s pools, or None (async, or not built).
+
+    *block_class* is the Python block (`_Borrow`): its methods are what the compiled
+    ones call for everything but the fast case.
+    """
+    if hasattr(block_class, "__aenter__") or os.environ.get(PURE_PYTHON_VARIABLE) == "1":
+        return None
+    try:
+        from ._hot import Desk, set_fallbacks
+    except ImportError:
+        return None
+    set_fallbacks(block_class.__enter__, block_class.__exit__, HOLDS_FOLD_AT)
+    return Desk
+
+
+def plain_attributes(cls: type, names: tuple[str, ...]) -> bool:
+    """True if reading or writing *names* on a *cls* instance runs no Python code."""
+    if (
+        cls.__setattr__ is not object.__setattr__  # type: ignore[comparison-overlap]
+        or cls.__getattribute__ is not object.__getattribute__  # type: ignore[comparison-overlap]
+        or hasattr(cls, "__getattr__")
+    ):
+        return False
+    return not any(name in vars(klass) for klass in cls.__mro__ for name in names)
+
+
+def desk_for(desk_type: Any, pool: Any) -> Any:
+    """A desk for *pool*, or None if its class or its connection class rule it out."""
+    if desk_type is None:
+        return None
+    if not plain_attributes(type(pool), _POOL_ATTRIBUTES):
+        return None
+    if not plain_attributes(pool.connection_class, _CONNECTION_ATTRIBUTES):
+        return None
+    return desk_type(pool)

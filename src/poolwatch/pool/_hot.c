@@ -1,0 +1,548 @@
+/* The take-and-give-back of a ConnectionPool.connection() block, compiled.
+
+   Why: on a client thread pinned to one core, the Python block cost about 12,000
+   instructions per query (the minimal pool of benchmarks/floor.py 6,400), and that
+   decided the vs-raw rows. Here the same fast bookkeeping costs a fraction of it.
+
+   What it relies on (and why it is built only where that holds):
+   - The GIL. A sequence of C calls that runs no Python code and does not release the
+     GIL cannot be interleaved with any other thread's Python code. Every change to a
+     pool's state happens under the pool's `_lock`; if that lock is free when the
+     sequence starts, no other thread is inside a critical section, and none can enter
+     one before the sequence ends (entering needs the GIL back). So the sequence acts
+     as if it held the lock, without taking it. setup.py does not build this module on
+     a free-threaded CPython, where the pool uses its Python blocks, which take the lock.
+   - No Python code between the "lock is free" test and the last store: only C
+     attribute reads and stores on plain instances (ConnectionPool and the connection
+     class are checked once: see pool._compiled_blocks_allowed), deque and list and
+     dict operations, and float and int arithmetic. No allocation here is of a
+     GC-tracked object, so no collection (and no finaliser) can run in the middle.
+   - Anything else (a busy lock, no idle connection, an expiring connection, a
+     waiter, an exception, an open transaction, a fold of the hold times due, a check
+     or reset callback, call sites...) goes to the Python `_Borrow.__enter__` or
+     `__exit__`, which do the general work under the lock. Those are given to
+     `set_fallbacks` when pool.py is imported.
+*/
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <time.h>
+
+#ifdef Py_GIL_DISABLED
+#error "poolwatch._hot relies on the GIL; setup.py skips it on free-threaded builds"
+#endif
+
+static PyObject *fallback_enter = NULL; /* _Borrow.__enter__ */
+static PyObject *fallback_exit = NULL;  /* _Borrow.__exit__ */
+static PyObject *time_monotonic = NULL;
+static Py_ssize_t holds_fold_at = 1024;
+
+static PyObject *s_lock, *s_locked, *s_idle, *s_expire_at, *s_popleft,
+    *s_idle_ran_out, *s_out, *s_pw_lending, *s_pool, *s_pgconn,
+    *s_transaction_status, *s_nconns, *s_max_size, *s_waiting, *s_holds, *s_idle_put;
+
+/* One per pool: the pool's containers, which it never replaces, and its dictionary,
+   where the scalars the blocks read and write live. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *pool;
+    PyObject *pool_dict;
+    PyObject *lock;
+    PyObject *idle;
+    PyObject *out;
+    PyObject *holds;
+    PyObject *waiting;
+    PyObject *idle_put;
+    PyObject *locked; /* the bound lock.locked */
+    char fast;        /* the pool's _fast_borrow, which _refresh_fast_paths copies here */
+    long long instant; /* lendings here since the pool last added them to its _instant */
+} Desk;
+
+typedef struct {
+    PyObject_HEAD
+    Desk *desk;
+    PyObject *timeout;
+    PyObject *conn;
+    PyObject *checkout;
+} Borrow;
+
+static PyTypeObject BorrowType;
+
+/* time.monotonic(), as the same float: on Linux CPython reads CLOCK_MONOTONIC and
+   converts nanoseconds to seconds this way; elsewhere (before 3.13) ask time itself. */
+static int
+monotonic_now(double *out)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    if (PyTime_Monotonic(&t) < 0)
+        return -1;
+    *out = PyTime_AsSecondsDouble(t);
+    return 0;
+#elif defined(__linux__)
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    long long t = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    if (t % 1000000000LL == 0)
+        *out = (double)(t / 1000000000LL);
+    else
+        *out = (double)t / 1e9;
+    return 0;
+#else
+    PyObject *f = PyObject_CallNoArgs(time_monotonic);
+    if (f == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(f);
+    Py_DECREF(f);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+#endif
+}
+
+/* The instance dictionary of obj (a new reference), made now if it was not yet: made
+   before a critical section, because making one allocates a GC-tracked object. */
+static PyObject *
+dict_of(PyObject *obj)
+{
+    return PyObject_GenericGetDict(obj, NULL);
+}
+
+/* d[name], borrowed; NULL with no error set if missing (then the general path runs). */
+#define GET(d, name) PyDict_GetItemWithError((d), (name))
+
+/* 1 if the pool's lock is free (see the top of the file), 0 if held, -1 on error. */
+static int
+lock_free(Desk *desk)
+{
+    PyObject *held = PyObject_CallNoArgs(desk->locked);
+    if (held == NULL)
+        return -1;
+    int r = held == Py_False;
+    Py_DECREF(held);
+    return r;
+}
+
+/* 1 if conn._expire_at > now, 0 if not, -1 on error. */
+static int
+alive_at(PyObject *conn, double now)
+{
+    PyObject *expire_at = PyObject_GetAttr(conn, s_expire_at);
+    if (expire_at == NULL)
+        return -1;
+    int r = PyFloat_CheckExact(expire_at) && PyFloat_AS_DOUBLE(expire_at) > now;
+    Py_DECREF(expire_at);
+    return r;
+}
+
+static PyObject *
+enter_slow(Borrow *self)
+{
+    return PyObject_CallOneArg(fallback_enter, (PyObject *)self);
+}
+
+static PyObject *
+Borrow_enter(Borrow *self, PyObject *Py_UNUSED(ignored))
+{
+    Desk *desk = self->desk;
+    PyObject *idle = desk->idle, *pool_dict = desk->pool_dict;
+    if (self->conn != Py_None || PyObject_Length(idle) <= 0)
+        return PyErr_Occurred() ? NULL : enter_slow(self); /* it raises if open already */
+    PyObject *result = NULL, *conn = NULL;
+    int ok = lock_free(desk);
+    if (ok <= 0)
+        goto slow_or_error;
+    /* From here to the end, no Python code runs: this is the critical section. */
+    if (!desk->fast)
+        goto slow;
+    Py_ssize_t n = PyObject_Length(idle);
+    if (n <= 0)
+        goto slow_or_error;
+    conn = PySequence_GetItem(idle, 0);
+    if (conn == NULL)
+        goto done;
+    double t;
+    if (monotonic_now(&t) < 0)
+        goto done;
+    ok = alive_at(conn, t);
+    if (ok <= 0)
+        goto slow_or_error;
+    PyObject *taken = PyObject_CallMethodNoArgs(idle, s_popleft);
+    if (taken == NULL)
+        goto done;
+    Py_DECREF(taken); /* the same object as conn */
+    if (n == 1 && PyDict_SetItem(pool_dict, s_idle_ran_out, Py_True) < 0)
+        goto done;
+    PyObject *now = PyFloat_FromDouble(t);
+    if (now == NULL)
+        goto done;
+    Py_XSETREF(self->checkout, now);
+    if (PyDict_SetItem(desk->out, conn, now) < 0
+        || PyObject_SetAttr(conn, s_pw_lending, now) < 0
+        || PyObject_SetAttr(conn, s_pool, desk->pool) < 0)
+        goto done;
+    desk->instant++;
+    Py_XSETREF(self->conn, Py_NewRef(conn));
+    result = Py_NewRef(conn);
+    goto done;
+slow_or_error:
+    if (PyErr_Occurred())
+        goto done;
+slow:
+    result = enter_slow(self);
+done:
+    Py_XDECREF(conn);
+    return result;
+}
+
+static PyObject *
+exit_slow(Borrow *self, PyObject *const *args)
+{
+    PyObject *call[4] = {(PyObject *)self, args[0], args[1], args[2]};
+    return PyObject_Vectorcall(fallback_exit, call, 4, NULL);
+}
+
+/* 1 if the connection has no transaction open, 0 if it has, -1 on error. */
+static int
+transaction_idle(PyObject *conn)
+{
+    PyObject *pgconn = PyObject_GetAttr(conn, s_pgconn);
+    if (pgconn == NULL)
+        return -1;
+    PyObject *status = PyObject_GetAttr(pgconn, s_transaction_status);
+    Py_DECREF(pgconn);
+    if (status == NULL)
+        return -1;
+    long value = PyLong_AsLong(status); /* TransactionStatus is an IntEnum; IDLE is 0 */
+    Py_DECREF(status);
+    if (value == -1 && PyErr_Occurred())
+        return -1;
+    return value == 0;
+}
+
+static PyObject *
+Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments");
+        return NULL;
+    }
+    PyObject *conn = self->conn;
+    if (args[0] != Py_None || conn == Py_None || !PyFloat_CheckExact(self->checkout))
+        return exit_slow(self, args);
+    Py_INCREF(conn);
+    Desk *desk = self->desk;
+    PyObject *pool_dict = desk->pool_dict, *result = NULL, *connpool = NULL, *lending = NULL;
+    /* psycopg's pure-Python PGconn runs Python code here: so before the section. */
+    int ok = transaction_idle(conn);
+    if (ok <= 0)
+        goto slow_or_error;
+    ok = lock_free(desk);
+    if (ok <= 0)
+        goto slow_or_error;
+    /* From here to the end, no Python code runs: this is the critical section. */
+    if ((connpool = PyObject_GetAttr(conn, s_pool)) == NULL
+        || (lending = PyObject_GetAttr(conn, s_pw_lending)) == NULL)
+        goto done;
+    if (connpool == Py_None || lending != self->checkout)
+        goto slow; /* given back during the block: the Python exit says so */
+    if (!desk->fast)
+        goto slow;
+    double t;
+    if (monotonic_now(&t) < 0)
+        goto done;
+    ok = alive_at(conn, t);
+    if (ok <= 0)
+        goto slow_or_error;
+    PyObject *nconns = GET(pool_dict, s_nconns);
+    PyObject *max_size = GET(pool_dict, s_max_size);
+    if (nconns == NULL || max_size == NULL || !PyLong_CheckExact(nconns)
+        || !PyLong_CheckExact(max_size))
+        goto slow_or_error;
+    if (PyLong_AsLong(nconns) > PyLong_AsLong(max_size))
+        goto slow; /* more connections than wanted: the Python exit closes one */
+    if (PyObject_Length(desk->waiting) != 0)
+        goto slow_or_error; /* a waiter (or an error): the hand-off runs Python code */
+    if (PyList_GET_SIZE(desk->holds) + 1 >= holds_fold_at)
+        goto slow; /* the fold is Python code: the Python exit does it */
+    PyObject *held = PyFloat_FromDouble(t - PyFloat_AS_DOUBLE(self->checkout));
+    if (held == NULL)
+        goto done;
+    int err = PyList_Append(desk->holds, held);
+    Py_DECREF(held);
+    if (err < 0 || PyDict_DelItem(desk->out, conn) < 0)
+        goto done;
+    if (PyObject_SetAttr(conn, s_pool, Py_None) < 0)
+        goto done;
+    Py_SETREF(self->conn, Py_NewRef(Py_None));
+    result = PyObject_CallOneArg(desk->idle_put, conn);
+    if (result != NULL)
+        Py_SETREF(result, Py_NewRef(Py_None));
+    goto done;
+slow_or_error:
+    if (PyErr_Occurred())
+        goto done;
+slow:
+    result = exit_slow(self, args);
+done:
+    Py_DECREF(conn);
+    Py_XDECREF(connpool);
+    Py_XDECREF(lending);
+    return result;
+}
+
+static int
+Borrow_traverse(Borrow *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->desk);
+    Py_VISIT(self->timeout);
+    Py_VISIT(self->conn);
+    Py_VISIT(self->checkout);
+    return 0;
+}
+
+static int
+Borrow_clear(Borrow *self)
+{
+    Py_CLEAR(self->desk);
+    Py_CLEAR(self->timeout);
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->checkout);
+    return 0;
+}
+
+static void
+Borrow_dealloc(Borrow *self)
+{
+    PyObject_GC_UnTrack(self);
+    Borrow_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+Borrow_get_pool(Borrow *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->desk->pool);
+}
+
+static PyMethodDef Borrow_methods[] = {
+    {"__enter__", (PyCFunction)Borrow_enter, METH_NOARGS, "Take a connection."},
+    {"__exit__", (PyCFunction)(void (*)(void))Borrow_exit, METH_FASTCALL,
+     "Give the connection back."},
+    {NULL},
+};
+
+static PyMemberDef Borrow_members[] = {
+    {"_timeout", T_OBJECT, offsetof(Borrow, timeout), READONLY, NULL},
+    {"_conn", T_OBJECT, offsetof(Borrow, conn), 0, NULL},
+    {"_checkout", T_OBJECT, offsetof(Borrow, checkout), 0, NULL},
+    {NULL},
+};
+
+static PyGetSetDef Borrow_getset[] = {
+    {"_pool", (getter)Borrow_get_pool, NULL, "the pool lending the connection", NULL},
+    {NULL},
+};
+
+static PyTypeObject BorrowType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "poolwatch.pool._hot.Borrow",
+    .tp_doc = "What ConnectionPool.connection() returns: a compiled context manager.",
+    .tp_basicsize = sizeof(Borrow),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Borrow_traverse,
+    .tp_clear = (inquiry)Borrow_clear,
+    .tp_dealloc = (destructor)Borrow_dealloc,
+    .tp_methods = Borrow_methods,
+    .tp_members = Borrow_members,
+    .tp_getset = Borrow_getset,
+};
+
+/* desk.lend(timeout=None): a new block, as ConnectionPool.connection() returns it. */
+static PyObject *
+Desk_lend(Desk *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "connection() takes at most one argument (timeout)");
+        return NULL;
+    }
+    Borrow *borrow = PyObject_GC_New(Borrow, &BorrowType);
+    if (borrow == NULL)
+        return NULL;
+    borrow->desk = (Desk *)Py_NewRef(self);
+    borrow->timeout = Py_NewRef(nargs ? args[0] : Py_None);
+    borrow->conn = Py_NewRef(Py_None);
+    borrow->checkout = Py_NewRef(Py_None);
+    PyObject_GC_Track(borrow);
+    return (PyObject *)borrow;
+}
+
+/* A new reference to pool.<name>, or NULL with an error set. */
+static PyObject *
+required(PyObject *pool, PyObject *name)
+{
+    return PyObject_GetAttr(pool, name);
+}
+
+static PyObject *
+Desk_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *pool;
+    static char *kwlist[] = {"pool", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O", kwlist, &pool))
+        return NULL;
+    Desk *self = (Desk *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->pool = Py_NewRef(pool);
+    if ((self->pool_dict = dict_of(pool)) == NULL || (self->lock = required(pool, s_lock)) == NULL
+        || (self->idle = required(pool, s_idle)) == NULL
+        || (self->out = required(pool, s_out)) == NULL
+        || (self->holds = required(pool, s_holds)) == NULL
+        || (self->waiting = required(pool, s_waiting)) == NULL
+        || (self->idle_put = required(pool, s_idle_put)) == NULL
+        || (self->locked = PyObject_GetAttr(self->lock, s_locked)) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (!PyDict_CheckExact(self->out) || !PyList_CheckExact(self->holds)) {
+        PyErr_SetString(PyExc_TypeError, "the pool's _out must be a dict and _holds a list");
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+Desk_traverse(Desk *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->pool);
+    Py_VISIT(self->pool_dict);
+    Py_VISIT(self->lock);
+    Py_VISIT(self->idle);
+    Py_VISIT(self->out);
+    Py_VISIT(self->holds);
+    Py_VISIT(self->waiting);
+    Py_VISIT(self->idle_put);
+    Py_VISIT(self->locked);
+    return 0;
+}
+
+static int
+Desk_clear(Desk *self)
+{
+    Py_CLEAR(self->pool);
+    Py_CLEAR(self->pool_dict);
+    Py_CLEAR(self->lock);
+    Py_CLEAR(self->idle);
+    Py_CLEAR(self->out);
+    Py_CLEAR(self->holds);
+    Py_CLEAR(self->waiting);
+    Py_CLEAR(self->idle_put);
+    Py_CLEAR(self->locked);
+    return 0;
+}
+
+static void
+Desk_dealloc(Desk *self)
+{
+    PyObject_GC_UnTrack(self);
+    Desk_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Desk_methods[] = {
+    {"lend", (PyCFunction)(void (*)(void))Desk_lend, METH_FASTCALL,
+     "lend(timeout=None): a new connection() block."},
+    {NULL},
+};
+
+static PyMemberDef Desk_members[] = {
+    {"fast", T_BOOL, offsetof(Desk, fast), 0, "whether blocks may lend here (_fast_borrow)"},
+    {"instant", T_LONGLONG, offsetof(Desk, instant), 0,
+     "lendings here not yet added to the pool's _instant"},
+    {NULL},
+};
+
+static PyTypeObject DeskType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "poolwatch.pool._hot.Desk",
+    .tp_doc = "Desk(pool): the compiled blocks' references to one pool's state.",
+    .tp_basicsize = sizeof(Desk),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Desk_new,
+    .tp_traverse = (traverseproc)Desk_traverse,
+    .tp_clear = (inquiry)Desk_clear,
+    .tp_dealloc = (destructor)Desk_dealloc,
+    .tp_methods = Desk_methods,
+    .tp_members = Desk_members,
+};
+
+static PyObject *
+set_fallbacks(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *enter, *exit_;
+    Py_ssize_t fold_at;
+    if (!PyArg_ParseTuple(args, "OOn", &enter, &exit_, &fold_at))
+        return NULL;
+    Py_XSETREF(fallback_enter, Py_NewRef(enter));
+    Py_XSETREF(fallback_exit, Py_NewRef(exit_));
+    holds_fold_at = fold_at;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_fallbacks", set_fallbacks, METH_VARARGS,
+     "set_fallbacks(enter, exit, holds_fold_at): the Python block methods for the general case."},
+    {NULL},
+};
+
+static struct PyModuleDef hot_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "poolwatch.pool._hot",
+    .m_doc = "The compiled fast path of ConnectionPool.connection() blocks (GIL builds only).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+#define INTERN(var, text)                                                                  \
+    if ((var = PyUnicode_InternFromString(text)) == NULL)                                  \
+        return NULL;
+
+PyMODINIT_FUNC
+PyInit__hot(void)
+{
+    INTERN(s_lock, "_lock");
+    INTERN(s_locked, "locked");
+    INTERN(s_idle, "_idle");
+    INTERN(s_expire_at, "_expire_at");
+    INTERN(s_popleft, "popleft");
+    INTERN(s_idle_ran_out, "_idle_ran_out");
+    INTERN(s_out, "_out");
+    INTERN(s_pw_lending, "_pw_lending");
+    INTERN(s_pool, "_pool");
+    INTERN(s_pgconn, "pgconn");
+    INTERN(s_transaction_status, "transaction_status");
+    INTERN(s_nconns, "_nconns");
+    INTERN(s_max_size, "_max_size");
+    INTERN(s_waiting, "_waiting");
+    INTERN(s_holds, "_holds");
+    INTERN(s_idle_put, "_idle_put");
+    PyObject *time = PyImport_ImportModule("time");
+    if (time == NULL)
+        return NULL;
+    time_monotonic = PyObject_GetAttrString(time, "monotonic");
+    Py_DECREF(time);
+    if (time_monotonic == NULL)
+        return NULL;
+    if (PyType_Ready(&BorrowType) < 0 || PyType_Ready(&DeskType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&hot_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObject(m, "Borrow", Py_NewRef((PyObject *)&BorrowType)) < 0
+        || PyModule_AddObject(m, "Desk", Py_NewRef((PyObject *)&DeskType)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,248 @@
+"""The compiled fast path of sync connection() blocks (src/poolwatch/pool/_hot.c).
+
+It must be built here (setup.py builds it on every GIL build of CPython: a missing
+compiler would otherwise silently cost every block its speed), it must really be the
+path a plain block takes, and it must stand aside whenever the Python code would do
+something else: while another thread holds the pool lock, for connection or pool
+classes that run Python code on attribute access, in a forked child, and when
+POOLWATCH_PURE_PYTHON=1. Its counts and clock are the Python blocks': the state
+machine and the exactness test run both (tests/faults/test_fast_state_machine.py,
+tests/pool/test_exactness.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from poolwatch import ConnectionPool
+from poolwatch.pool import _compiled
+from poolwatch.pool import pool as sync_pool
+from poolwatch.pool.base import HOLDS_FOLD_AT
+
+pytestmark = pytest.mark.db
+
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def test_the_extension_is_built_on_this_python():
+    if FREE_THREADED:
+        assert sync_pool._DESK is None  # it relies on the GIL: not built, not used
+        return
+    assert sync_pool._DESK is not None, "_hot.c is not built: run ./scripts/setup (needs gcc)"
+
+
+@pytest.fixture
+def fallbacks() -> Iterator[Counter[str]]:
+    """Counts the calls the compiled blocks make to the Python ones."""
+    from poolwatch.pool._hot import set_fallbacks
+
+    calls: Counter[str] = Counter()
+    enter, exit_ = sync_pool._Borrow.__enter__, sync_pool._Borrow.__exit__
+
+    def counted_enter(block: Any) -> Any:
+        calls["enter"] += 1
+        return enter(block)
+
+    def counted_exit(block: Any, *args: Any) -> Any:
+        calls["exit"] += 1
+        return exit_(block, *args)
+
+    set_fallbacks(counted_enter, counted_exit, HOLDS_FOLD_AT)
+    try:
+        yield calls
+    finally:
+        set_fallbacks(enter, exit_, HOLDS_FOLD_AT)
+
+
+@pytest.fixture
+def pool(dsn: str) -> Iterator[ConnectionPool[Any]]:
+    with ConnectionPool(dsn, min_size=2, name="compiled", kwargs={"autocommit": True}) as p:
+        p.wait(timeout=30)
+        assert p._desk is not None
+        yield p
+
+
+def test_plain_blocks_take_the_compiled_path_and_count_exactly(pool, fallbacks):
+    blocks = 3 * HOLDS_FOLD_AT
+    before = time.monotonic()
+    for i in range(blocks):
+        with pool.connection() as conn:
+            if i % 100 == 0:
+                conn.execute("SELECT 1")
+    after = time.monotonic()
+    # Only the returns that fill _holds go to Python, which folds it.
+    assert fallbacks["enter"] == 0
+    assert fallbacks["exit"] == blocks // (HOLDS_FOLD_AT - 1)
+    agg = pool.aggregates()
+    assert pool._desk.instant == 0  # the read added them to _instant
+    assert agg.requests == blocks
+    assert agg.acquire["ok"].count == blocks
+    assert agg.acquire["ok"].counts[0] == blocks  # none waited
+    assert agg.use.count == blocks
+    # The compiled clock is time.monotonic's: every hold lies inside our interval.
+    assert 0.0 <= agg.use.sum <= after - before
+    stats = pool.get_stats()
+    assert stats["requests_num"] == blocks
+    snap = pool.snapshot()
+    assert (snap.used, snap.idle) == (0, 2)
+
+
+def test_the_checkout_time_is_read_from_the_pools_clock(pool):
+    for _ in range(200):
+        t0 = time.monotonic()
+        with pool.connection() as conn:
+            t1 = time.monotonic()
+            checkout = pool._out[conn]
+        assert t0 <= checkout <= t1
+        assert conn._pw_lending == checkout
+
+
+def test_a_held_pool_lock_sends_the_block_to_python_which_waits_for_it(pool, fallbacks):
+    entered = threading.Event()
+
+    def borrower() -> None:
+        with pool.connection():
+            entered.set()
+
+    with pool._lock:
+        t = threading.Thread(target=borrower, daemon=True)
+        t.start()
+        time.sleep(0.3)
+        # Taking the connection while the lock is held would break the critical
+        # section of whoever holds it.
+        assert not entered.is_set()
+    t.join(timeout=10)
+    assert entered.is_set()
+    assert fallbacks["enter"] == 1
+    assert pool.aggregates().requests == 1
+
+
+def test_exit_with_an_exception_rolls_back_through_python(pool, fallbacks):
+    with pytest.raises(ZeroDivisionError):
+        with pool.connection() as conn:
+            conn.execute("CREATE TEMP TABLE t (x int)")
+            1 / 0  # noqa: B018
+    assert fallbacks["exit"] == 1
+    with pool.connection() as conn:
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert pool.aggregates().use.count == 2
+
+
+def test_an_open_transaction_is_committed_through_python(pool, fallbacks, dsn):
+    with ConnectionPool(dsn, min_size=1, name="tx") as p:  # not autocommit
+        p.wait(timeout=30)
+        with p.connection() as conn:
+            conn.execute("SELECT 1")
+        assert fallbacks["exit"] == 1
+        assert p.snapshot().idle == 1
+
+
+def test_reference_counts_do_not_drift(pool):
+    with pool.connection() as conn:
+        pass
+    for _ in range(50):  # warm: caches and free lists settle
+        with pool.connection():
+            pass
+    before = (sys.getrefcount(pool), sys.getrefcount(conn), sys.getrefcount(None))
+    for _ in range(2000):
+        with pool.connection():
+            pass
+    after = (sys.getrefcount(pool), sys.getrefcount(conn), sys.getrefcount(None))
+    assert after[:2] == before[:2]
+    assert abs(after[2] - before[2]) < 50  # None is shared by the whole interpreter
+
+
+def test_a_block_cannot_be_entered_twice_or_given_bad_arguments(pool):
+    block = pool.connection()
+    with block:
+        with pytest.raises(RuntimeError, match="already open"):
+            block.__enter__()
+    with pytest.raises(TypeError, match="at most one argument"):
+        pool._desk.lend(1, 2)
+    with pytest.raises(TypeError, match="3 arguments"):
+        block.__exit__()
+
+
+class _SetattrConnection(psycopg.Connection[Any]):
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+
+
+class _PropertyConnection(psycopg.Connection[Any]):
+    @property
+    def _pw_lending(self) -> Any:
+        return self.__dict__.get("_lending")
+
+    @_pw_lending.setter
+    def _pw_lending(self, value: Any) -> None:
+        self.__dict__["_lending"] = value
+
+
+class _PropertyPool(ConnectionPool[Any]):
+    @property
+    def _nconns(self) -> int:
+        return int(self.__dict__.get("_n", 0))
+
+    @_nconns.setter
+    def _nconns(self, value: int) -> None:
+        self.__dict__["_n"] = value
+
+
+@pytest.mark.parametrize("connection_class", [_SetattrConnection, _PropertyConnection])
+def test_classes_that_run_python_on_attributes_get_the_python_blocks(dsn, connection_class):
+    with ConnectionPool(dsn, min_size=1, connection_class=connection_class, name="py") as p:
+        assert p._desk is None
+        with p.connection() as conn:
+            assert isinstance(conn, connection_class)
+        assert p.aggregates().requests == 1
+
+
+def test_a_pool_class_with_a_property_gets_the_python_blocks(dsn):
+    with _PropertyPool(dsn, min_size=1, name="prop") as p:
+        assert p._desk is None
+        with p.connection():
+            pass
+        assert p.aggregates().use.count == 1
+
+
+def test_a_closed_pool_refuses_through_python(dsn, fallbacks):
+    p = ConnectionPool(dsn, min_size=1, name="closing", open=True)
+    p.wait(timeout=30)
+    p.close()
+    assert p._desk.fast is False
+    with pytest.raises(Exception, match="closed"):
+        with p.connection():
+            pass
+    assert fallbacks["enter"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_drops_the_desk(pool):
+    with pool.connection():
+        pass
+    pid = os.fork()
+    if pid == 0:  # the child: its pool is closed, its blocks are the Python ones
+        code = 0 if pool._desk is None else 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_pure_python_variable_turns_the_compiled_blocks_off(dsn):
+    env = dict(os.environ, **{_compiled.PURE_PYTHON_VARIABLE: "1"})
+    code = (
+        "from poolwatch.pool import pool; import sys;"
+        " sys.exit(0 if pool._DESK is None else 1)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
