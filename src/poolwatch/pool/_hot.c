@@ -168,16 +168,17 @@ Borrow_enter(Borrow *self, PyObject *Py_UNUSED(ignored))
     ok = alive_at(conn, t);
     if (ok <= 0)
         goto slow_or_error;
+    /* Allocated before the first change: a failure then changes nothing. */
+    PyObject *now = PyFloat_FromDouble(t);
+    if (now == NULL)
+        goto done;
+    Py_XSETREF(self->checkout, now);
     PyObject *taken = PyObject_CallMethodNoArgs(idle, s_popleft);
     if (taken == NULL)
         goto done;
     Py_DECREF(taken); /* the same object as conn */
     if (n == 1 && PyDict_SetItem(pool_dict, s_idle_ran_out, Py_True) < 0)
         goto done;
-    PyObject *now = PyFloat_FromDouble(t);
-    if (now == NULL)
-        goto done;
-    Py_XSETREF(self->checkout, now);
     if (PyDict_SetItem(desk->out, conn, now) < 0
         || PyObject_SetAttr(conn, s_pw_lending, now) < 0
         || PyObject_SetAttr(conn, s_pool, desk->pool) < 0)

@@ -418,7 +418,7 @@ class BasePool:
         )
         desk = getattr(self, "_desk", None)
         if desk is not None:
-            desk.fast = self._fast_borrow
+            desk.fast = bool(self._fast_borrow)
 
     @property
     def min_size(self) -> int:
