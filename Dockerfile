@@ -2,8 +2,10 @@
 # load scenarios. The demo reads its database from $POOLWATCH_DSN.
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY src ./src
+# The slim image has no C compiler: setup.py's optional extension (the compiled
+# connection() blocks) is skipped, and the pools use their Python blocks.
 RUN pip install --no-cache-dir ".[demo]"
 USER nobody
 EXPOSE 8000

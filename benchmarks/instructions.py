@@ -53,6 +53,8 @@ from typing import Any
 
 import psycopg
 
+from poolwatch.pool._compiled import PURE_PYTHON_VARIABLE
+
 from . import before, floor, harness
 
 CASES = ("sync getconn+putconn", "sync connection()", "async getconn+putconn", "async connection()")
@@ -61,12 +63,16 @@ QUERY = "SELECT 1"
 WARM_UP = "warm-up only"
 POOLWATCH = "poolwatch"
 SITES = "poolwatch + call sites"
+#: poolwatch with POOLWATCH_PURE_PYTHON=1: its connection() blocks in Python, not _hot.c
+PURE = "poolwatch, Python blocks"
 BEFORE = before.NAME
 BASELINE = "psycopg_pool 3.3"  # the name the other tables give it
 RAW = "raw psycopg connection"
 FLOOR = floor.NAME  # the least a Python pool does per query: see benchmarks/floor.py
-CHECKOUT_LIBRARIES = (POOLWATCH, SITES, BEFORE, BASELINE)
-QUERY_LIBRARIES = (RAW, FLOOR, POOLWATCH, BEFORE, BASELINE)
+CHECKOUT_LIBRARIES = (POOLWATCH, PURE, SITES, BEFORE, BASELINE)
+QUERY_LIBRARIES = (RAW, FLOOR, POOLWATCH, PURE, BEFORE, BASELINE)
+#: the only checkout case where PURE differs from POOLWATCH (sync blocks are compiled)
+PURE_CASES = ("sync connection()",)
 OPS = 5_000
 QUERIES = 2_000
 WARM_UPS = 200
@@ -127,8 +133,12 @@ def plan(ops: int, queries: int, with_before: bool = True) -> list[Count]:
     counts: list[Count] = []
     for family in ("sync", "async"):
         for library in checkout:
-            counts.append(Count(library, family, WARM_UP, 0))
-            counts += [Count(library, family, c, ops) for c in CASES if c.startswith(family)]
+            cases = [c for c in CASES if c.startswith(family)]
+            if library == PURE:
+                cases = [c for c in cases if c in PURE_CASES]
+            if cases:
+                counts.append(Count(library, family, WARM_UP, 0))
+                counts += [Count(library, family, c, ops) for c in cases]
     for library in query:
         counts += [Count(library, "query", WARM_UP, 0), Count(library, "query", QUERY, queries)]
     return counts
@@ -219,6 +229,9 @@ def count(dsn: str, job: Count, before_path: Path | None) -> int:
     cmd += ["--before-path", str(before_path)] if before_path else []
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
     env[DSN_VARIABLE] = dsn
+    env.pop(PURE_PYTHON_VARIABLE, None)
+    if job.library == PURE:
+        env[PURE_PYTHON_VARIABLE] = "1"
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     found = re.search(r"I\s+refs:\s+([\d,]+)", run.stderr)
     if run.returncode != 0 or found is None:
@@ -268,7 +281,7 @@ def measure(dsn: str, ops: int = OPS, queries: int = QUERIES, jobs: int = JOBS) 
 
 
 def _library(name: str, before_path: str | None) -> Any:
-    if name in (POOLWATCH, SITES):
+    if name in (POOLWATCH, SITES, PURE):
         import poolwatch
 
         return poolwatch

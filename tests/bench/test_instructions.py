@@ -18,6 +18,8 @@ from benchmarks.instructions import (
     CASES,
     CHECKOUT_LIBRARIES,
     POOLWATCH,
+    PURE,
+    PURE_CASES,
     QUERY_LIBRARIES,
     RAW,
     SITES,
@@ -41,18 +43,25 @@ def test_plan_counts_each_family_at_zero_once_and_every_case_once() -> None:
     assert all(c.case == WARM_UP for c in zeros)
     assert all(c.zero() in zeros for c in counts)
     checkout = {(c.case, c.library) for c in counts if c.ops and c.family != "query"}
-    assert checkout == {(case, lib) for case in CASES for lib in CHECKOUT_LIBRARIES}
+    # Python blocks differ from compiled ones in sync connection() only
+    assert checkout == {
+        (case, lib)
+        for case in CASES
+        for lib in CHECKOUT_LIBRARIES
+        if lib != PURE or case in PURE_CASES
+    }
     query = [c.library for c in counts if c.ops and c.family == "query"]
     assert sorted(query) == sorted(QUERY_LIBRARIES)
-    # 4 checkout libraries x (sync, async) + 5 query libraries: 13 families, 34 children
-    assert len(zeros) == 13 and len(counts) == 34
+    # 5 sync checkout libraries, 4 async (no Python-blocks row) and 6 query libraries:
+    # 15 families; children: 4 x 3 sync + 2 Python-blocks + 4 x 3 async + 6 x 2 query
+    assert len(zeros) == 15 and len(counts) == 38
     assert {c.ops for c in counts if c.ops} == {300, 70}
 
 
 def test_plan_without_before_leaves_its_families_out() -> None:
     counts = plan(ops=10, queries=10, with_before=False)
     assert BEFORE not in {c.library for c in counts}
-    assert len(counts) == 34 - 3 * 2 - 2
+    assert len(counts) == 38 - 3 * 2 - 2
 
 
 def test_per_operation_subtracts_the_family_s_own_warm_up_count() -> None:
@@ -70,7 +79,7 @@ def test_per_operation_subtracts_the_family_s_own_warm_up_count() -> None:
         else:
             assert results.per_op(c.case, c.library) == per_op
     assert (results.ops, results.queries, results.notes) == (1_000, 400, ("a note",))
-    assert sum(len(by_lib) for by_lib in results.checkout.values()) == 16
+    assert sum(len(by_lib) for by_lib in results.checkout.values()) == 4 * 4 + 1
     assert len(results.query) == len(QUERY_LIBRARIES)
 
 
@@ -151,7 +160,7 @@ def test_table_without_before_rows_says_so_and_leaves_the_ratio_blank() -> None:
     query = {lib: v for lib, v in full.query.items() if lib != BEFORE}
     text = table(Results(checkout, query, 5_000, 2_000, ("no before rows: no git",)))
     rows = _rows(text, "case")
-    assert BEFORE not in {r[1] for r in rows} and len(rows) == 12
+    assert BEFORE not in {r[1] for r in rows} and len(rows) == len(CASES) * (len(CHECKOUT_LIBRARIES) - 1)
     assert {r[3] for r in rows} == {"—"}
     assert BEFORE not in {r[0] for r in _rows(text, "library")}
     assert "Note: no before rows: no git" in text
