@@ -230,7 +230,9 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *conn = self->conn;
-    if (args[0] != Py_None || conn == Py_None || !PyFloat_CheckExact(self->checkout))
+    /* (_conn and _checkout are NULL after a `del`: the Python exit reads them as None) */
+    if (args[0] != Py_None || conn == NULL || conn == Py_None || self->checkout == NULL
+        || !PyFloat_CheckExact(self->checkout))
         return exit_slow(self, args);
     Py_INCREF(conn);
     Desk *desk = self->desk;
