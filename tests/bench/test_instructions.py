@@ -160,7 +160,9 @@ def test_table_without_before_rows_says_so_and_leaves_the_ratio_blank() -> None:
     query = {lib: v for lib, v in full.query.items() if lib != BEFORE}
     text = table(Results(checkout, query, 5_000, 2_000, ("no before rows: no git",)))
     rows = _rows(text, "case")
-    assert BEFORE not in {r[1] for r in rows} and len(rows) == len(CASES) * (len(CHECKOUT_LIBRARIES) - 1)
+    assert BEFORE not in {r[1] for r in rows} and len(rows) == len(CASES) * (
+        len(CHECKOUT_LIBRARIES) - 1
+    )
     assert {r[3] for r in rows} == {"—"}
     assert BEFORE not in {r[0] for r in _rows(text, "library")}
     assert "Note: no before rows: no git" in text
