@@ -241,8 +241,5 @@ def test_a_forked_child_drops_the_desk(pool):
 
 def test_pure_python_variable_turns_the_compiled_blocks_off(dsn):
     env = dict(os.environ, **{_compiled.PURE_PYTHON_VARIABLE: "1"})
-    code = (
-        "from poolwatch.pool import pool; import sys;"
-        " sys.exit(0 if pool._DESK is None else 1)"
-    )
+    code = "from poolwatch.pool import pool; import sys; sys.exit(0 if pool._DESK is None else 1)"
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
