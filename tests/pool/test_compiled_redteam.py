@@ -378,3 +378,286 @@ def test_a_failed_allocation_leaves_the_pool_as_it_was(dsn):
     word, enter_failures, exit_failures = child.stdout.split()
     # The scan reached failures on both sides, or it proved nothing.
     assert word == "ok" and int(enter_failures) > 0 and int(exit_failures) > 0, child.stdout
+
+
+# --- many threads preempted every microsecond, racing everything the pool does ---
+
+
+@pytest.fixture
+def preempt_often() -> Iterator[None]:
+    """Switch threads about every microsecond (the default is 5 ms)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+RACE_SIZE = 4
+RACE_BORROWERS = 8  # the even ones use blocks, the odd ones getconn/putconn
+RACE_OPS = 150
+
+
+class _Race:
+    """What the threads of the race saw, counted by themselves."""
+
+    def __init__(self) -> None:
+        self.owners: dict[int, int] = {}  # id(connection) -> the borrower holding it
+        self.problems: list[str] = []
+        self.ok = 0
+        self.refused = 0
+        self.lock = threading.Lock()  # for the counts only, never around a pool call
+
+    def hold(self, conn: Any, me: int, i: int) -> None:
+        if self.owners.setdefault(id(conn), me) != me:  # one C call: atomic
+            self.problems.append(f"{conn} lent to {me} while {self.owners[id(conn)]} holds it")
+            return
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self.problems.append(f"{conn} lent with a transaction open")
+        if i % 25 == 0:
+            conn.execute("SELECT 1")  # real I/O now and then: the GIL is released
+        del self.owners[id(conn)]
+
+    def borrower(self, pool: ConnectionPool[Any], me: int) -> None:
+        for i in range(RACE_OPS):
+            try:
+                if me % 2 == 0:
+                    with pool.connection() as conn:
+                        self.hold(conn, me, i)
+                else:
+                    conn = pool.getconn()
+                    try:
+                        self.hold(conn, me, i)
+                    finally:
+                        pool.putconn(conn)
+            except psycopg.OperationalError as ex:  # the pool's errors (PoolClosed...)
+                with self.lock:
+                    self.refused += 1
+                if pool.closed:
+                    return
+                self.problems.append(f"refused while open: {ex!r}")
+                return
+            with self.lock:
+                self.ok += 1
+
+
+def _reader(pool: ConnectionPool[Any], stop: threading.Event, problems: list[str]) -> None:
+    """Reads every view until *stop*; no counter may go backwards, no snapshot disagree."""
+    from prometheus_client import CollectorRegistry
+
+    from poolwatch.exporter.app import Exporter
+
+    exporter = Exporter([pool], registry=CollectorRegistry(), include_registry=False)
+    last = (0, 0, 0, 0.0)
+    for i in range(100_000):  # bounded; *stop* ends it long before
+        if stop.is_set():
+            return
+        agg = pool.aggregates()
+        stats = pool.get_stats()
+        snap = pool.snapshot()
+        now = (agg.requests, agg.use.count, stats.get("requests_num", 0), snap.used_seconds_total)
+        if any(b < a for a, b in zip(last, now)):
+            problems.append(f"a counter went backwards: {last} -> {now}")
+        last = now
+        if snap.idle + snap.used > snap.size or snap.opening < 0:
+            problems.append(f"a snapshot that does not add up: {snap}")
+        if i % 20 == 0:
+            exporter.metrics_text(openmetrics=False)
+
+
+def _chaos(pool: ConnectionPool[Any], stop: threading.Event) -> None:
+    """Resizes, drains and checks the pool while the blocks run."""
+    steps = [
+        lambda: pool.resize(RACE_SIZE, RACE_SIZE + 2),
+        pool.drain,
+        lambda: pool.resize(RACE_SIZE - 1, RACE_SIZE - 1),
+        pool.check,
+        lambda: pool.resize(RACE_SIZE, RACE_SIZE),
+    ]
+    for i in range(100_000):  # bounded; *stop* ends it first
+        if stop.is_set():
+            return
+        steps[i % len(steps)]()
+
+
+def _server_connections(dsn: str, application_name: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as watcher:
+        row = watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            (application_name,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_blocks_racing_readers_resize_drain_check_and_close_lose_nothing(dsn, preempt_often):
+    name = "redteam-race"
+    pool = ConnectionPool(
+        dsn,
+        min_size=RACE_SIZE,
+        name=name,
+        timeout=60,
+        kwargs={"autocommit": True, "application_name": name},
+        open=True,
+    )
+    race = _Race()
+    stop = threading.Event()
+    try:
+        pool.wait(timeout=60)
+        assert pool._desk is not None and pool._desk.fast
+        # Round one: everything races, then everything must be back and counted once.
+        helpers = [
+            threading.Thread(target=_reader, args=(pool, stop, race.problems), daemon=True),
+            threading.Thread(target=_chaos, args=(pool, stop), daemon=True),
+        ]
+        borrowers = [
+            threading.Thread(target=race.borrower, args=(pool, me), daemon=True)
+            for me in range(RACE_BORROWERS)
+        ]
+        for t in helpers + borrowers:
+            t.start()
+        for t in borrowers:
+            t.join(timeout=300)
+            assert not t.is_alive(), "a borrower did not finish"
+        stop.set()
+        for t in helpers:
+            t.join(timeout=120)
+            assert not t.is_alive()
+        assert race.problems == []
+        assert race.ok == RACE_BORROWERS * RACE_OPS and race.refused == 0
+        pool.resize(RACE_SIZE, RACE_SIZE)
+        pool.wait(timeout=60)
+        agg = pool.aggregates()
+        snap = pool.snapshot()
+        assert agg.requests == race.ok
+        assert agg.acquire["ok"].count == race.ok
+        assert agg.use.count == race.ok
+        assert (snap.used, snap.waiting, snap.idle, snap.size) == (0, 0, RACE_SIZE, RACE_SIZE)
+        assert len(pool._out) == 0 and pool._desk.fast
+        # Round two: the pool closes under the borrowers' feet.
+        race.ok = 0
+        borrowers = [
+            threading.Thread(target=race.borrower, args=(pool, me), daemon=True)
+            for me in range(RACE_BORROWERS)
+        ]
+        for t in borrowers:
+            t.start()
+        deadline = time.monotonic() + 60
+        while race.ok < RACE_OPS and time.monotonic() < deadline:
+            time.sleep(0.005)
+        pool.close()
+        for t in borrowers:
+            t.join(timeout=300)
+            assert not t.is_alive(), "a borrower did not finish"
+        assert race.problems == []
+        assert race.refused > 0, "the pool closed after the borrowers were done"
+        assert pool.aggregates().use.count == RACE_BORROWERS * RACE_OPS + race.ok
+    finally:
+        stop.set()
+        pool.close()
+    # Closed, the pool keeps no connection: none idle, none open on the server.
+    assert len(pool._idle) == 0 and len(pool._out) == 0
+    deadline = time.monotonic() + 60
+    while _server_connections(dsn, name) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _server_connections(dsn, name) == 0
+
+
+# --- the garbage collector and finalisers ---
+
+
+class _Cycle:
+    """Garbage that only the cyclic collector frees: its finaliser runs Python code."""
+
+    def __init__(self, witness: _Witness) -> None:
+        self.me = self
+        self.witness = witness
+
+    def __del__(self) -> None:
+        self.witness.__del__()
+
+
+def test_no_collection_runs_inside_a_compiled_block(pool):
+    # Before 3.12 a collection runs inside whatever allocation crosses the threshold,
+    # finalisers and all: a compiled section that allocated a tracked object (a
+    # tuple, a dict, a bound method...) could run Python code half-way. With the
+    # threshold at 1 every such allocation collects; the garbage's finalisers record
+    # any pool they find half-changed.
+    seen: list[str] = []
+    witness = _Witness(pool, seen)
+    collections = 0
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        nonlocal collections
+        if phase == "start":
+            collections += 1
+
+    old_threshold = gc.get_threshold()
+    gc.callbacks.append(count)
+    try:
+        gc.collect()
+        gc.set_threshold(1, 1, 1)
+        for i in range(3000):
+            _Cycle(witness)  # garbage awaiting the collector
+            with pool.connection() as conn:
+                _Cycle(witness)
+                if i % 100 == 0:
+                    conn.execute("SELECT 1")
+    finally:
+        gc.set_threshold(*old_threshold)
+        gc.callbacks.remove(count)
+        gc.collect()
+    assert collections >= 1000  # the garbage was collected, over and over
+    assert seen == []
+    assert pool.aggregates().use.count == 3000
+
+
+# --- no leak: memory stays flat over many blocks, on every path ---
+
+
+def test_memory_stays_flat_over_many_blocks_on_every_path(pool):
+    # sys.getallocatedblocks counts the interpreter's live memory blocks: a reference
+    # lost on any path (fast, fallback, error) would grow it by one or more per round.
+    def take_one() -> None:
+        with pool.connection():
+            pass
+
+    def one_round(i: int) -> None:
+        with pool.connection():  # fast both ways
+            pass
+        block = pool.connection()
+        with pytest.raises(ZeroDivisionError):
+            with block:
+                1 / 0  # noqa: B018
+        with pytest.raises(RuntimeError):  # entered twice: the Python enter refuses
+            with block:
+                block.__enter__()
+        for name in ("_conn", "_checkout"):
+            with pytest.raises(AttributeError):
+                delattr(block, name)
+        with pytest.raises(TypeError):
+            block._checkout = object()
+        with pytest.raises(TypeError):
+            block.__exit__(None)
+        with pytest.raises(TypeError):
+            pool._desk.lend(1, 2)
+        block.__exit__(None, None, None)  # not open: nothing to do
+        with pool._lock:  # busy: an entry now waits in Python
+            waiter = threading.Thread(target=take_one)
+            waiter.start()
+            time.sleep(0.001)
+        waiter.join(timeout=30)
+        if i % 50 == 0:
+            pool.aggregates()  # folds the hold times kept aside
+
+    for i in range(200):  # warm: caches, free lists and interned strings settle
+        one_round(i)
+    gc.collect()
+    before = sys.getallocatedblocks()
+    rounds = 2000
+    for i in range(rounds):
+        one_round(i)
+    gc.collect()
+    grown = sys.getallocatedblocks() - before
+    assert grown < rounds // 4, f"{grown} more memory blocks after {rounds} rounds"
