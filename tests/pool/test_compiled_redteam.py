@@ -27,6 +27,7 @@ import psycopg
 import pytest
 
 from poolwatch import ConnectionPool
+from poolwatch.observe import PoolObserver
 
 pytestmark = [
     pytest.mark.db,
@@ -69,6 +70,7 @@ def test_deleting_a_block_attribute_cannot_crash_the_interpreter(dsn, attribute)
         f"""
         import os
         from poolwatch import ConnectionPool
+from poolwatch.observe import PoolObserver
         with ConnectionPool(os.environ["REDTEAM_DSN"], min_size=1, name="del",
                             kwargs={{"autocommit": True}}) as pool:
             pool.wait(timeout=30)
@@ -310,6 +312,7 @@ def test_a_failed_allocation_leaves_the_pool_as_it_was(dsn):
         import os
         import _testcapi
         from poolwatch import ConnectionPool
+from poolwatch.observe import PoolObserver
 
         SIZE, HELD = 12, 9
         pool = ConnectionPool(os.environ["REDTEAM_DSN"], min_size=SIZE, name="nomem",
@@ -661,3 +664,65 @@ def test_memory_stays_flat_over_many_blocks_on_every_path(pool):
     gc.collect()
     grown = sys.getallocatedblocks() - before
     assert grown < rounds // 4, f"{grown} more memory blocks after {rounds} rounds"
+
+
+# --- every switch of the fast path is honoured by the compiled blocks ---
+
+
+class _Recorder(PoolObserver):
+    """A PoolObserver that counts what it is told."""
+
+    def __init__(self) -> None:
+        self.acquired = 0
+        self.released = 0
+
+    def on_acquire(self, wait_seconds: float, outcome: str, queued: bool) -> None:
+        self.acquired += outcome == "ok"
+
+    def on_release(self, use_seconds: float) -> None:
+        self.released += 1
+
+
+def test_an_observer_hears_of_every_compiled_block(dsn):
+    recorder = _Recorder()
+    with ConnectionPool(dsn, min_size=1, name="observed", observer=recorder) as pool:
+        pool.wait(timeout=30)
+        assert pool._desk is not None and not pool._desk.fast
+        for _ in range(50):
+            with pool.connection():
+                pass
+    assert (recorder.acquired, recorder.released) == (50, 50)
+
+
+def test_call_sites_turned_on_and_off_reach_the_compiled_blocks(pool):
+    def site_in_block() -> str | None:
+        with pool.connection() as conn:
+            (checkout,) = pool.checkouts().checkouts
+            assert checkout.connection is conn
+            return checkout.site
+
+    assert site_in_block() is None and pool._desk.fast
+    pool.track_call_sites(lambda: "redteam-site")
+    assert not pool._desk.fast
+    assert site_in_block() == "redteam-site"
+    pool.track_call_sites(None)
+    assert pool._desk.fast
+    assert site_in_block() is None
+    assert pool.aggregates().use.count == 3
+
+
+def test_a_shrunk_or_drained_pool_retires_what_compiled_blocks_give_back(pool):
+    # The compiled return must leave these to Python: more connections than
+    # max_size (one is closed), and a drained connection (replaced).
+    with pool.connection() as first, pool.connection() as second:
+        pool.resize(1, 1)
+        pool.drain()
+    # Both retired on return (a worker closes them), none kept.
+    deadline = time.monotonic() + 30
+    while not (first.closed and second.closed) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.closed and second.closed
+    pool.wait(timeout=30)
+    snap = pool.snapshot()
+    assert (snap.size, snap.used, snap.idle) == (1, 0, 1)
+    assert pool._idle[0] not in (first, second)
