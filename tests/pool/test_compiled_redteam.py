@@ -71,7 +71,6 @@ def test_deleting_a_block_attribute_cannot_crash_the_interpreter(dsn, attribute)
         f"""
         import os
         from poolwatch import ConnectionPool
-from poolwatch.observe import PoolObserver
         with ConnectionPool(os.environ["REDTEAM_DSN"], min_size=1, name="del",
                             kwargs={{"autocommit": True}}) as pool:
             pool.wait(timeout=30)
@@ -313,7 +312,6 @@ def test_a_failed_allocation_leaves_the_pool_as_it_was(dsn):
         import os
         import _testcapi
         from poolwatch import ConnectionPool
-from poolwatch.observe import PoolObserver
 
         SIZE, HELD = 12, 9
         pool = ConnectionPool(os.environ["REDTEAM_DSN"], min_size=SIZE, name="nomem",
