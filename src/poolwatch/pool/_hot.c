@@ -14,9 +14,13 @@
      a free-threaded CPython, where the pool uses its Python blocks, which take the lock.
    - No Python code between the "lock is free" test and the last store: only C
      attribute reads and stores on plain instances (ConnectionPool and the connection
-     class are checked once: see pool._compiled_blocks_allowed), deque and list and
-     dict operations, and float and int arithmetic. No allocation here is of a
-     GC-tracked object, so no collection (and no finaliser) can run in the middle.
+     class are checked once, with the connection class's hash and equality: see
+     _compiled.desk_for; a connection of any other class goes to Python), deque and
+     list and dict operations, and float and int arithmetic. No allocation here is of
+     a GC-tracked object, so no collection (and no finaliser) can run in the middle,
+     and nothing dropped here has a finaliser (a block's _checkout is a float or None).
+   - An allocation that fails leaves the pool as it was: whatever can fail comes
+     before the first change, or is undone (tests/pool/test_compiled_redteam.py).
    - Anything else (a busy lock, no idle connection, an expiring connection, a
      waiter, an exception, an open transaction, a fold of the hold times due, a check
      or reset callback, call sites...) goes to the Python `_Borrow.__enter__` or
@@ -184,8 +188,7 @@ Borrow_enter(Borrow *self, PyObject *Py_UNUSED(ignored))
     PyObject *taken = PyObject_CallMethodNoArgs(idle, s_popleft);
     if (taken == NULL) { /* not reached: the deque holds n > 0 connections */
         Py_DECREF(now);
-        if (PyDict_DelItem(desk->out, conn) < 0)
-            PyErr_Clear(); /* the popleft error is the one to report */
+        (void)PyDict_DelItem(desk->out, conn); /* undone; an error here replaces popleft's */
         goto done;
     }
     Py_DECREF(taken); /* the same object as conn */
