@@ -8,7 +8,8 @@ PyPy, a free-threaded CPython) the Python blocks run, which take the lock.
 The compiled code reads and writes a few attributes of the pool and of its
 connections, and must run no Python code while it does: so it is used only when
 neither class can run Python code on those attributes (a property, `__setattr__`,
-`__getattribute__` or `__getattr__` of their own).
+`__getattribute__` or `__getattr__` of their own), nor the connection class as a
+dictionary key (a `__hash__` or `__eq__` of its own).
 """
 
 from __future__ import annotations
@@ -62,4 +63,15 @@ def desk_for(desk_type: Any, pool: Any) -> Any:
         return None
     if not plain_attributes(pool.connection_class, _CONNECTION_ATTRIBUTES):
         return None
+    if not identity_keyed(pool.connection_class):
+        return None
     return desk_type(pool)
+
+
+def identity_keyed(cls: type) -> bool:
+    """True if a *cls* instance as a dictionary key runs no Python code.
+
+    The compiled blocks add and remove their connection in the pool's `_out` dict:
+    a `__hash__` or `__eq__` of the connection class's own would run there.
+    """
+    return cls.__hash__ is object.__hash__ and cls.__eq__ is object.__eq__  # type: ignore[comparison-overlap]

@@ -14,9 +14,13 @@
      a free-threaded CPython, where the pool uses its Python blocks, which take the lock.
    - No Python code between the "lock is free" test and the last store: only C
      attribute reads and stores on plain instances (ConnectionPool and the connection
-     class are checked once: see pool._compiled_blocks_allowed), deque and list and
-     dict operations, and float and int arithmetic. No allocation here is of a
-     GC-tracked object, so no collection (and no finaliser) can run in the middle.
+     class are checked once, with the connection class's hash and equality: see
+     _compiled.desk_for; a connection of any other class goes to Python), deque and
+     list and dict operations, and float and int arithmetic. No allocation here is of
+     a GC-tracked object, so no collection (and no finaliser) can run in the middle,
+     and nothing dropped here has a finaliser (a block's _checkout is a float or None).
+   - An allocation that fails leaves the pool as it was: whatever can fail comes
+     before the first change, or is undone (tests/pool/test_compiled_redteam.py).
    - Anything else (a busy lock, no idle connection, an expiring connection, a
      waiter, an exception, an open transaction, a fold of the hold times due, a check
      or reset callback, call sites...) goes to the Python `_Borrow.__enter__` or
@@ -39,14 +43,18 @@ static Py_ssize_t holds_fold_at = 1024;
 
 static PyObject *s_lock, *s_locked, *s_idle, *s_expire_at, *s_popleft,
     *s_idle_ran_out, *s_out, *s_pw_lending, *s_pool, *s_pgconn,
-    *s_transaction_status, *s_nconns, *s_max_size, *s_waiting, *s_holds, *s_idle_put;
+    *s_transaction_status, *s_nconns, *s_max_size, *s_waiting, *s_holds, *s_idle_put,
+    *s_connection_class;
 
-/* One per pool: the pool's containers, which it never replaces, and its dictionary,
-   where the scalars the blocks read and write live. */
+/* One per pool: the pool's containers, which it never replaces. The pool refers to
+   its desk, so the desk refers to the pool only weakly and not to its dictionary:
+   a cycle would keep a pool dropped without close() (its threads, its connections)
+   until a full garbage collection. The blocks, which the pool does not refer to,
+   hold the pool and its dictionary, as the Python blocks hold the pool. */
 typedef struct {
     PyObject_HEAD
-    PyObject *pool;
-    PyObject *pool_dict;
+    PyObject *pool_ref; /* a weak reference to the pool */
+    PyObject *conn_type; /* pool.connection_class: the only connections lent here */
     PyObject *lock;
     PyObject *idle;
     PyObject *out;
@@ -58,12 +66,15 @@ typedef struct {
     long long instant; /* lendings here since the pool last added them to its _instant */
 } Desk;
 
+/* Every field is always set (never NULL): the setters refuse deletion. */
 typedef struct {
     PyObject_HEAD
     Desk *desk;
+    PyObject *pool;
+    PyObject *pool_dict; /* where the scalars the blocks read and write live */
     PyObject *timeout;
     PyObject *conn;
-    PyObject *checkout;
+    PyObject *checkout; /* None or a float (the lending's token): nothing with a finaliser */
 } Borrow;
 
 static PyTypeObject BorrowType;
@@ -99,14 +110,6 @@ monotonic_now(double *out)
     Py_DECREF(f);
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 #endif
-}
-
-/* The instance dictionary of obj (a new reference), made now if it was not yet: made
-   before a critical section, because making one allocates a GC-tracked object. */
-static PyObject *
-dict_of(PyObject *obj)
-{
-    return PyObject_GenericGetDict(obj, NULL);
 }
 
 /* d[name], borrowed; NULL with no error set if missing (then the general path runs). */
@@ -146,7 +149,9 @@ static PyObject *
 Borrow_enter(Borrow *self, PyObject *Py_UNUSED(ignored))
 {
     Desk *desk = self->desk;
-    PyObject *idle = desk->idle, *pool_dict = desk->pool_dict;
+    if (desk == NULL)
+        return enter_slow(self);
+    PyObject *idle = desk->idle, *pool_dict = self->pool_dict;
     if (self->conn != Py_None || PyObject_Length(idle) <= 0)
         return PyErr_Occurred() ? NULL : enter_slow(self); /* it raises if open already */
     PyObject *result = NULL, *conn = NULL;
@@ -162,29 +167,38 @@ Borrow_enter(Borrow *self, PyObject *Py_UNUSED(ignored))
     conn = PySequence_GetItem(idle, 0);
     if (conn == NULL)
         goto done;
+    if (!Py_IS_TYPE(conn, (PyTypeObject *)desk->conn_type))
+        goto slow; /* only the class checked by _compiled runs no Python code */
     double t;
     if (monotonic_now(&t) < 0)
         goto done;
     ok = alive_at(conn, t);
     if (ok <= 0)
         goto slow_or_error;
-    /* Allocated before the first change: a failure then changes nothing. */
+    /* What can fail (an allocation) comes before the first change to the pool, so
+       that an error leaves it as it was; the stores after it replace existing
+       entries, which allocates nothing. */
     PyObject *now = PyFloat_FromDouble(t);
     if (now == NULL)
         goto done;
-    Py_XSETREF(self->checkout, now);
+    if (PyDict_SetItem(desk->out, conn, now) < 0) {
+        Py_DECREF(now);
+        goto done;
+    }
     PyObject *taken = PyObject_CallMethodNoArgs(idle, s_popleft);
-    if (taken == NULL)
+    if (taken == NULL) { /* not reached: the deque holds n > 0 connections */
+        Py_DECREF(now);
+        (void)PyDict_DelItem(desk->out, conn); /* undone; an error here replaces popleft's */
         goto done;
+    }
     Py_DECREF(taken); /* the same object as conn */
-    if (n == 1 && PyDict_SetItem(pool_dict, s_idle_ran_out, Py_True) < 0)
-        goto done;
-    if (PyDict_SetItem(desk->out, conn, now) < 0
+    Py_SETREF(self->checkout, now); /* the old one is None or a float: no finaliser */
+    if ((n == 1 && PyDict_SetItem(pool_dict, s_idle_ran_out, Py_True) < 0)
         || PyObject_SetAttr(conn, s_pw_lending, now) < 0
-        || PyObject_SetAttr(conn, s_pool, desk->pool) < 0)
+        || PyObject_SetAttr(conn, s_pool, self->pool) < 0)
         goto done;
     desk->instant++;
-    Py_XSETREF(self->conn, Py_NewRef(conn));
+    Py_SETREF(self->conn, Py_NewRef(conn));
     result = Py_NewRef(conn);
     goto done;
 slow_or_error:
@@ -230,13 +244,12 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *conn = self->conn;
-    /* (_conn and _checkout are NULL after a `del`: the Python exit reads them as None) */
-    if (args[0] != Py_None || conn == NULL || conn == Py_None || self->checkout == NULL
-        || !PyFloat_CheckExact(self->checkout))
-        return exit_slow(self, args);
-    Py_INCREF(conn);
     Desk *desk = self->desk;
-    PyObject *pool_dict = desk->pool_dict, *result = NULL, *connpool = NULL, *lending = NULL;
+    if (desk == NULL || args[0] != Py_None || !Py_IS_TYPE(conn, (PyTypeObject *)desk->conn_type)
+        || !PyFloat_CheckExact(self->checkout))
+        return exit_slow(self, args); /* not a connection this desk lent: Python decides */
+    Py_INCREF(conn);
+    PyObject *pool_dict = self->pool_dict, *result = NULL, *connpool = NULL, *lending = NULL;
     /* psycopg's pure-Python PGconn runs Python code here: so before the section. */
     int ok = transaction_idle(conn);
     if (ok <= 0)
@@ -263,25 +276,33 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
     if (nconns == NULL || max_size == NULL || !PyLong_CheckExact(nconns)
         || !PyLong_CheckExact(max_size))
         goto slow_or_error;
-    if (PyLong_AsLong(nconns) > PyLong_AsLong(max_size))
-        goto slow; /* more connections than wanted: the Python exit closes one */
+    if (PyObject_RichCompareBool(nconns, max_size, Py_GT) != 0)
+        goto slow_or_error; /* more connections than wanted: the Python exit closes one */
     if (PyObject_Length(desk->waiting) != 0)
         goto slow_or_error; /* a waiter (or an error): the hand-off runs Python code */
     if (PyList_GET_SIZE(desk->holds) + 1 >= holds_fold_at)
         goto slow; /* the fold is Python code: the Python exit does it */
+    /* What can fail (an allocation: the hold time, the list and deque growing) comes
+       first, and is undone if a later step fails, so that an error leaves the pool as
+       it was; the lending (in _out since the take) is then still the block's. */
     PyObject *held = PyFloat_FromDouble(t - PyFloat_AS_DOUBLE(self->checkout));
     if (held == NULL)
         goto done;
+    Py_ssize_t nholds = PyList_GET_SIZE(desk->holds);
     int err = PyList_Append(desk->holds, held);
     Py_DECREF(held);
-    if (err < 0 || PyDict_DelItem(desk->out, conn) < 0)
+    if (err < 0)
         goto done;
-    if (PyObject_SetAttr(conn, s_pool, Py_None) < 0)
+    PyObject *put = PyObject_CallOneArg(desk->idle_put, conn);
+    if (put == NULL) {
+        PyList_SetSlice(desk->holds, nholds, nholds + 1, NULL); /* shrinks: cannot fail */
         goto done;
+    }
+    Py_DECREF(put);
+    if (PyDict_DelItem(desk->out, conn) < 0 || PyObject_SetAttr(conn, s_pool, Py_None) < 0)
+        goto done; /* not reached: both entries exist (the token matched) */
     Py_SETREF(self->conn, Py_NewRef(Py_None));
-    result = PyObject_CallOneArg(desk->idle_put, conn);
-    if (result != NULL)
-        Py_SETREF(result, Py_NewRef(Py_None));
+    result = Py_NewRef(Py_None);
     goto done;
 slow_or_error:
     if (PyErr_Occurred())
@@ -299,19 +320,24 @@ static int
 Borrow_traverse(Borrow *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->desk);
+    Py_VISIT(self->pool);
+    Py_VISIT(self->pool_dict);
     Py_VISIT(self->timeout);
     Py_VISIT(self->conn);
     Py_VISIT(self->checkout);
     return 0;
 }
 
+/* Leaves no NULL where the methods read: a cleared block sends them to Python. */
 static int
 Borrow_clear(Borrow *self)
 {
     Py_CLEAR(self->desk);
-    Py_CLEAR(self->timeout);
-    Py_CLEAR(self->conn);
-    Py_CLEAR(self->checkout);
+    Py_CLEAR(self->pool);
+    Py_CLEAR(self->pool_dict);
+    Py_XSETREF(self->timeout, Py_NewRef(Py_None));
+    Py_XSETREF(self->conn, Py_NewRef(Py_None));
+    Py_XSETREF(self->checkout, Py_NewRef(Py_None));
     return 0;
 }
 
@@ -319,14 +345,80 @@ static void
 Borrow_dealloc(Borrow *self)
 {
     PyObject_GC_UnTrack(self);
-    Borrow_clear(self);
+    Py_CLEAR(self->desk);
+    Py_CLEAR(self->pool);
+    Py_CLEAR(self->pool_dict);
+    Py_CLEAR(self->timeout);
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->checkout);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The fields as the Python block's slots, which its methods (the fallbacks) read and
+   write. None in place of NULL: only a collection clearing a cycle leaves one. */
+static PyObject *
+field(PyObject *value)
+{
+    return Py_NewRef(value != NULL ? value : Py_None);
 }
 
 static PyObject *
 Borrow_get_pool(Borrow *self, void *Py_UNUSED(closure))
 {
-    return Py_NewRef(self->desk->pool);
+    return field(self->pool);
+}
+
+static PyObject *
+Borrow_get_timeout(Borrow *self, void *Py_UNUSED(closure))
+{
+    return field(self->timeout);
+}
+
+static PyObject *
+Borrow_get_conn(Borrow *self, void *Py_UNUSED(closure))
+{
+    return field(self->conn);
+}
+
+static PyObject *
+Borrow_get_checkout(Borrow *self, void *Py_UNUSED(closure))
+{
+    return field(self->checkout);
+}
+
+static int
+refuse_deletion(PyObject *value, const char *name)
+{
+    if (value == NULL) {
+        PyErr_Format(PyExc_AttributeError, "a connection() block's %s cannot be deleted", name);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+Borrow_set_conn(Borrow *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (refuse_deletion(value, "_conn") < 0)
+        return -1;
+    Py_SETREF(self->conn, Py_NewRef(value));
+    return 0;
+}
+
+/* Only a token (a float) or None: the compiled enter drops the old value inside its
+   critical section, where a finaliser must not run. */
+static int
+Borrow_set_checkout(Borrow *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (refuse_deletion(value, "_checkout") < 0)
+        return -1;
+    if (value != Py_None && !PyFloat_CheckExact(value)) {
+        PyErr_Format(PyExc_TypeError, "a connection() block's _checkout is a float or None, not %.100s",
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    Py_SETREF(self->checkout, Py_NewRef(value));
+    return 0;
 }
 
 static PyMethodDef Borrow_methods[] = {
@@ -336,15 +428,12 @@ static PyMethodDef Borrow_methods[] = {
     {NULL},
 };
 
-static PyMemberDef Borrow_members[] = {
-    {"_timeout", T_OBJECT, offsetof(Borrow, timeout), READONLY, NULL},
-    {"_conn", T_OBJECT, offsetof(Borrow, conn), 0, NULL},
-    {"_checkout", T_OBJECT, offsetof(Borrow, checkout), 0, NULL},
-    {NULL},
-};
-
 static PyGetSetDef Borrow_getset[] = {
     {"_pool", (getter)Borrow_get_pool, NULL, "the pool lending the connection", NULL},
+    {"_timeout", (getter)Borrow_get_timeout, NULL, "connection()'s timeout", NULL},
+    {"_conn", (getter)Borrow_get_conn, (setter)Borrow_set_conn, "the connection lent", NULL},
+    {"_checkout", (getter)Borrow_get_checkout, (setter)Borrow_set_checkout,
+     "the lending's token", NULL},
     {NULL},
 };
 
@@ -357,9 +446,27 @@ static PyTypeObject BorrowType = {
     .tp_clear = (inquiry)Borrow_clear,
     .tp_dealloc = (destructor)Borrow_dealloc,
     .tp_methods = Borrow_methods,
-    .tp_members = Borrow_members,
     .tp_getset = Borrow_getset,
 };
+
+/* The desk's pool (a new reference), or NULL with ReferenceError if it is gone. */
+static PyObject *
+pool_of(Desk *desk)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *pool;
+    if (PyWeakref_GetRef(desk->pool_ref, &pool) < 0)
+        return NULL;
+#else
+    PyObject *pool = PyWeakref_GetObject(desk->pool_ref); /* borrowed */
+    if (pool == NULL)
+        return NULL;
+    pool = pool == Py_None ? NULL : Py_NewRef(pool);
+#endif
+    if (pool == NULL)
+        PyErr_SetString(PyExc_ReferenceError, "the pool of this desk no longer exists");
+    return pool;
+}
 
 /* desk.lend(timeout=None): a new block, as ConnectionPool.connection() returns it. */
 static PyObject *
@@ -369,10 +476,24 @@ Desk_lend(Desk *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "connection() takes at most one argument (timeout)");
         return NULL;
     }
-    Borrow *borrow = PyObject_GC_New(Borrow, &BorrowType);
-    if (borrow == NULL)
+    PyObject *pool = pool_of(self);
+    if (pool == NULL)
         return NULL;
+    /* Made (if it was not yet) here, outside the blocks' critical sections. */
+    PyObject *pool_dict = PyObject_GenericGetDict(pool, NULL);
+    if (pool_dict == NULL) {
+        Py_DECREF(pool);
+        return NULL;
+    }
+    Borrow *borrow = PyObject_GC_New(Borrow, &BorrowType);
+    if (borrow == NULL) {
+        Py_DECREF(pool);
+        Py_DECREF(pool_dict);
+        return NULL;
+    }
     borrow->desk = (Desk *)Py_NewRef(self);
+    borrow->pool = pool;
+    borrow->pool_dict = pool_dict;
     borrow->timeout = Py_NewRef(nargs ? args[0] : Py_None);
     borrow->conn = Py_NewRef(Py_None);
     borrow->checkout = Py_NewRef(Py_None);
@@ -397,8 +518,9 @@ Desk_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Desk *self = (Desk *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    self->pool = Py_NewRef(pool);
-    if ((self->pool_dict = dict_of(pool)) == NULL || (self->lock = required(pool, s_lock)) == NULL
+    if ((self->pool_ref = PyWeakref_NewRef(pool, NULL)) == NULL
+        || (self->conn_type = required(pool, s_connection_class)) == NULL
+        || (self->lock = required(pool, s_lock)) == NULL
         || (self->idle = required(pool, s_idle)) == NULL
         || (self->out = required(pool, s_out)) == NULL
         || (self->holds = required(pool, s_holds)) == NULL
@@ -408,8 +530,10 @@ Desk_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return NULL;
     }
-    if (!PyDict_CheckExact(self->out) || !PyList_CheckExact(self->holds)) {
-        PyErr_SetString(PyExc_TypeError, "the pool's _out must be a dict and _holds a list");
+    if (!PyDict_CheckExact(self->out) || !PyList_CheckExact(self->holds)
+        || !PyType_Check(self->conn_type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "the pool's _out must be a dict, _holds a list, connection_class a class");
         Py_DECREF(self);
         return NULL;
     }
@@ -419,8 +543,8 @@ Desk_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static int
 Desk_traverse(Desk *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->pool);
-    Py_VISIT(self->pool_dict);
+    Py_VISIT(self->pool_ref);
+    Py_VISIT(self->conn_type);
     Py_VISIT(self->lock);
     Py_VISIT(self->idle);
     Py_VISIT(self->out);
@@ -434,8 +558,8 @@ Desk_traverse(Desk *self, visitproc visit, void *arg)
 static int
 Desk_clear(Desk *self)
 {
-    Py_CLEAR(self->pool);
-    Py_CLEAR(self->pool_dict);
+    Py_CLEAR(self->pool_ref);
+    Py_CLEAR(self->conn_type);
     Py_CLEAR(self->lock);
     Py_CLEAR(self->idle);
     Py_CLEAR(self->out);
@@ -530,6 +654,7 @@ PyInit__hot(void)
     INTERN(s_waiting, "_waiting");
     INTERN(s_holds, "_holds");
     INTERN(s_idle_put, "_idle_put");
+    INTERN(s_connection_class, "connection_class");
     PyObject *time = PyImport_ImportModule("time");
     if (time == NULL)
         return NULL;
@@ -542,8 +667,8 @@ PyInit__hot(void)
     PyObject *m = PyModule_Create(&hot_module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObject(m, "Borrow", Py_NewRef((PyObject *)&BorrowType)) < 0
-        || PyModule_AddObject(m, "Desk", Py_NewRef((PyObject *)&DeskType)) < 0) {
+    if (PyModule_AddObjectRef(m, "Borrow", (PyObject *)&BorrowType) < 0
+        || PyModule_AddObjectRef(m, "Desk", (PyObject *)&DeskType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

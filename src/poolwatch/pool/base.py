@@ -872,7 +872,10 @@ class BasePool:
         # (psycopg does not close a connection created by another process).
         self._forked_from = os.getppid()
         self._lock = threading.Lock()  # another thread may have held it at fork time
-        self._desk = None  # it holds the old lock; the Python blocks take the new one
+        # The desk holds the old lock: the Python blocks take the new one. What its
+        # blocks counted (and their hold times) is the pool's history: kept.
+        self._fold_holds_locked()
+        self._desk = None
         now = monotonic()
         self._advance_used_locked(now)  # what was used until now stays counted
         for conn, t_out in self._out.items():
