@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,3 +17,14 @@ def table(pg: Any) -> Iterator[str]:
     pg.execute(f"CREATE TABLE {name} (x int)")
     yield name
     pg.execute(f"DROP TABLE {name}")
+
+
+@pytest.fixture
+def preempt_often() -> Iterator[None]:
+    """Switch threads about every microsecond (the default is 5 ms)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)

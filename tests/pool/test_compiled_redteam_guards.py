@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import signal
-import sys
 import sysconfig
 import threading
 import time
@@ -43,17 +42,6 @@ def pool(dsn: str) -> Iterator[ConnectionPool[Any]]:
 
 
 # --- many threads preempted every microsecond, racing everything the pool does ---
-
-
-@pytest.fixture
-def preempt_often() -> Iterator[None]:
-    """Switch threads about every microsecond (the default is 5 ms)."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 RACE_SIZE = 4

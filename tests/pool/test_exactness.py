@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -44,17 +42,6 @@ THREADS = 16
 OPS = 150  # per worker
 FORCED_ROUNDS = 10
 FORCED_WAITERS = 6
-
-
-@pytest.fixture
-def preempt_often() -> Iterator[None]:
-    """Switch threads about every microsecond (the default is 5 ms)."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 @dataclass
