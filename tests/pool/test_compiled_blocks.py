@@ -73,19 +73,31 @@ def pool(dsn: str) -> Iterator[ConnectionPool[Any]]:
         yield p
 
 
-def test_plain_blocks_take_the_compiled_path_and_count_exactly(pool, fallbacks):
-    blocks = 3 * HOLDS_FOLD_AT
+def test_plain_blocks_take_the_compiled_path_and_count_exactly(pool, fallbacks, monkeypatch):
+    folds = Counter[str]()
+    fold = pool._fold_holds
+
+    def counted_fold() -> None:
+        folds["fold"] += 1
+        fold()
+
+    monkeypatch.setattr(pool, "_fold_holds", counted_fold)
+    blocks = 3 * HOLDS_FOLD_AT + 5
     before = time.monotonic()
     for i in range(blocks):
         with pool.connection() as conn:
             if i % 100 == 0:
                 conn.execute("SELECT 1")
     after = time.monotonic()
-    # Only the returns that fill _holds go to Python, which folds it.
+    # No block went to Python. The desk keeps the hold times (C doubles); the return
+    # that finds it full has the pool fold them first.
     assert fallbacks["enter"] == 0
-    assert fallbacks["exit"] == blocks // (HOLDS_FOLD_AT - 1)
+    assert fallbacks["exit"] == 0
+    assert folds["fold"] == 3
+    assert pool._desk.held == 5 and pool._holds == []
     agg = pool.aggregates()
     assert pool._desk.instant == 0  # the read added them to _instant
+    assert pool._desk.held == 0  # and moved the hold times
     assert agg.requests == blocks
     assert agg.acquire["ok"].count == blocks
     assert agg.acquire["ok"].counts[0] == blocks  # none waited
@@ -243,3 +255,34 @@ def test_pure_python_variable_turns_the_compiled_blocks_off(dsn):
     env = dict(os.environ, **{_compiled.PURE_PYTHON_VARIABLE: "1"})
     code = "from poolwatch.pool import pool; import sys; sys.exit(0 if pool._DESK is None else 1)"
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
+
+
+def test_the_lock_is_read_as_its_byte_where_the_layout_matches():
+    from poolwatch.pool import _hot
+
+    # Before 3.13 the import checks the layout of _thread.lock and reads its byte;
+    # the tests of a held lock above then exercise that read.
+    assert _hot.READS_LOCK_BYTE is (sys.version_info < (3, 13))
+
+
+def test_the_desk_keeps_hold_times_until_the_fold_moves_them(pool):
+    desk = pool._desk
+    start = pool.aggregates().use  # and the desk is empty
+    held = []
+    for _ in range(7):
+        t0 = time.monotonic()
+        with pool.connection():
+            pass
+        held.append(time.monotonic() - t0)
+    assert desk.held == 7 and pool._holds == []
+    with pytest.raises(TypeError, match="list"):
+        desk.move_holds((1.0,))
+    assert desk.held == 7  # refused: nothing moved
+    use = pool.aggregates().use
+    assert desk.held == 0 and pool._holds == []
+    assert use.count - start.count == 7
+    # each hold lies inside the interval measured around its block
+    assert 0.0 <= use.sum - start.sum <= sum(held) + 1e-9
+    moved: list[float] = []
+    desk.move_holds(moved)  # nothing left to move
+    assert moved == []

@@ -377,5 +377,7 @@ def test_a_failed_allocation_leaves_the_pool_as_it_was(dsn):
     )
     assert child.returncode == 0, (child.returncode, child.stdout, child.stderr[-3000:])
     word, enter_failures, exit_failures = child.stdout.split()
-    # The scan reached failures on both sides, or it proved nothing.
-    assert word == "ok" and int(enter_failures) > 0 and int(exit_failures) > 0, child.stdout
+    # The scan reached failures in the take, or it proved nothing. The give-back
+    # allocates nothing (its hold time is a C double, the deque reuses its blocks), so
+    # no failure can be injected there: if one could, it must leave the pool as it was.
+    assert word == "ok" and int(enter_failures) > 0 and int(exit_failures) == 0, child.stdout

@@ -13,6 +13,8 @@
      one before the sequence ends (entering needs the GIL back). So the sequence acts
      as if it held the lock, without taking it. setup.py does not build this module on
      a free-threaded CPython, where the pool uses its Python blocks, which take the lock.
+   - The lock is tested by reading its `locked` byte where the layout is known to
+     match (checked at import, see check_lock_layout), else by calling locked().
    - No Python code between the "lock is free" test and the last store: only C
      attribute reads and stores on plain instances (ConnectionPool and the connection
      class are checked once, with the connection class's hash and equality: see
@@ -22,6 +24,14 @@
      and nothing dropped here has a finaliser (a block's _checkout is a float or None).
    - An allocation that fails leaves the pool as it was: whatever can fail comes
      before the first change, or is undone (tests/pool/test_compiled_redteam.py).
+     The give-back allocates nothing: its hold time goes to the desk's own buffer of C
+     doubles, which the pool's fold (`_fold_holds_locked`, under the lock) moves to
+     its `_holds`; the give-back that finds the buffer full asks the pool to fold
+     first, before its critical section.
+   - Why the fast path is kept small, its slow branches marked unlikely and the slow
+     calls cold: with the same instruction count as a minimal Python pool, the
+     blocks cost the client more CPU per query through first-level cache misses
+     (benchmarks/cache_profile.py), so code and data touched per block matter.
    - Anything else (a busy lock, no idle connection, an expiring connection, a
      waiter, an exception, an open transaction, a fold of the hold times due, a check
      or reset callback, call sites...) goes to the Python `_Borrow.__enter__` or
@@ -37,15 +47,27 @@
 #error "poolwatch._hot relies on the GIL; setup.py skips it on free-threaded builds"
 #endif
 
+/* The slow paths are rare: keeping them out of the fast path's cache lines matters
+   more here than their own speed (benchmarks/RESULTS.md, the profile section). */
+#if defined(__GNUC__) || defined(__clang__)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define COLD __attribute__((noinline, cold))
+#else
+#define UNLIKELY(x) (x)
+#define COLD
+#endif
+
 static PyObject *fallback_enter = NULL; /* _Borrow.__enter__ */
+static PyTypeObject *deque_type = NULL; /* collections.deque */
+static PyTypeObject *lock_type = NULL;  /* _thread.lock */
 static PyObject *fallback_exit = NULL;  /* _Borrow.__exit__ */
 static PyObject *time_monotonic = NULL;
 static Py_ssize_t holds_fold_at = 1024;
 
 static PyObject *s_lock, *s_locked, *s_idle, *s_expire_at, *s_popleft,
     *s_idle_ran_out, *s_out, *s_pw_lending, *s_pool, *s_pgconn,
-    *s_transaction_status, *s_nconns, *s_max_size, *s_waiting, *s_holds, *s_idle_put,
-    *s_connection_class;
+    *s_transaction_status, *s_nconns, *s_max_size, *s_waiting, *s_idle_put,
+    *s_connection_class, *s_fold_holds;
 
 /* One per pool: the pool's containers, which it never replaces. The pool refers to
    its desk, so the desk refers to the pool only weakly and not to its dictionary:
@@ -59,10 +81,12 @@ typedef struct {
     PyObject *lock;
     PyObject *idle;
     PyObject *out;
-    PyObject *holds;
     PyObject *waiting;
     PyObject *idle_put;
+    PyObject *idle_take; /* the bound idle.popleft */
     PyObject *locked; /* the bound lock.locked */
+    double *held;     /* hold times of the blocks ended here, not yet in the pool's _holds */
+    Py_ssize_t nheld, held_cap;
     char fast;        /* the pool's _fast_borrow, which _refresh_fast_paths copies here */
     long long instant; /* lendings here since the pool last added them to its _instant */
 } Desk;
@@ -116,10 +140,28 @@ monotonic_now(double *out)
 /* d[name], borrowed; NULL with no error set if missing (then the general path runs). */
 #define GET(d, name) PyDict_GetItemWithError((d), (name))
 
+/* Before 3.13 a _thread.lock is this struct (Modules/_threadmodule.c), and locked()
+   returns its `locked` byte. Reading the byte saves a call per block end; the layout
+   is private, so PyInit__hot checks it on a lock of its own (acquired, then released)
+   and, if it does not match, every block calls locked() instead. */
+#if PY_VERSION_HEX < 0x030D0000
+typedef struct {
+    PyObject_HEAD
+    void *lock_lock;
+    PyObject *in_weakreflist;
+    char locked;
+} lock_layout;
+#endif
+static int lock_byte_ok = 0;
+
 /* 1 if the pool's lock is free (see the top of the file), 0 if held, -1 on error. */
 static int
 lock_free(Desk *desk)
 {
+#if PY_VERSION_HEX < 0x030D0000
+    if (lock_byte_ok)
+        return ((lock_layout *)desk->lock)->locked == 0;
+#endif
     PyObject *held = PyObject_CallNoArgs(desk->locked);
     if (held == NULL)
         return -1;
@@ -140,7 +182,7 @@ alive_at(PyObject *conn, double now)
     return r;
 }
 
-static PyObject *
+static COLD PyObject *
 enter_slow(Borrow *self)
 {
     return PyObject_CallOneArg(fallback_enter, (PyObject *)self);
@@ -153,40 +195,40 @@ Borrow_enter(Borrow *self, PyObject *Py_UNUSED(ignored))
     if (desk == NULL)
         return enter_slow(self);
     PyObject *idle = desk->idle, *pool_dict = self->pool_dict;
-    if (self->conn != Py_None || PyObject_Length(idle) <= 0)
-        return PyErr_Occurred() ? NULL : enter_slow(self); /* it raises if open already */
+    if (self->conn != Py_None || Py_SIZE(idle) <= 0) /* an exact deque: see Desk_new */
+        return enter_slow(self); /* which raises if the block is open already */
     PyObject *result = NULL, *conn = NULL;
     int ok = lock_free(desk);
-    if (ok <= 0)
+    if (UNLIKELY(ok <= 0))
         goto slow_or_error;
     /* From here to the end, no Python code runs: this is the critical section. */
-    if (!desk->fast)
+    if (UNLIKELY(!desk->fast))
         goto slow;
-    Py_ssize_t n = PyObject_Length(idle);
-    if (n <= 0)
-        goto slow_or_error;
+    Py_ssize_t n = Py_SIZE(idle);
+    if (UNLIKELY(n <= 0))
+        goto slow;
     conn = PySequence_GetItem(idle, 0);
-    if (conn == NULL)
+    if (UNLIKELY(conn == NULL))
         goto done;
-    if (!Py_IS_TYPE(conn, (PyTypeObject *)desk->conn_type))
+    if (UNLIKELY(!Py_IS_TYPE(conn, (PyTypeObject *)desk->conn_type)))
         goto slow; /* only the class checked by _compiled runs no Python code */
     double t;
-    if (monotonic_now(&t) < 0)
+    if (UNLIKELY(monotonic_now(&t) < 0))
         goto done;
     ok = alive_at(conn, t);
-    if (ok <= 0)
+    if (UNLIKELY(ok <= 0))
         goto slow_or_error;
     /* What can fail (an allocation) comes before the first change to the pool, so
        that an error leaves it as it was; the stores after it replace existing
        entries, which allocates nothing. */
     PyObject *now = PyFloat_FromDouble(t);
-    if (now == NULL)
+    if (UNLIKELY(now == NULL))
         goto done;
     if (PyDict_SetItem(desk->out, conn, now) < 0) {
         Py_DECREF(now);
         goto done;
     }
-    PyObject *taken = PyObject_CallMethodNoArgs(idle, s_popleft);
+    PyObject *taken = PyObject_CallNoArgs(desk->idle_take);
     if (taken == NULL) { /* not reached: the deque holds n > 0 connections */
         Py_DECREF(now);
         (void)PyDict_DelItem(desk->out, conn); /* undone; an error here replaces popleft's */
@@ -194,16 +236,16 @@ Borrow_enter(Borrow *self, PyObject *Py_UNUSED(ignored))
     }
     Py_DECREF(taken); /* the same object as conn */
     Py_SETREF(self->checkout, now); /* the old one is None or a float: no finaliser */
-    if ((n == 1 && PyDict_SetItem(pool_dict, s_idle_ran_out, Py_True) < 0)
+    if (UNLIKELY((n == 1 && PyDict_SetItem(pool_dict, s_idle_ran_out, Py_True) < 0)
         || PyObject_SetAttr(conn, s_pw_lending, now) < 0
-        || PyObject_SetAttr(conn, s_pool, self->pool) < 0)
+        || PyObject_SetAttr(conn, s_pool, self->pool) < 0))
         goto done;
     desk->instant++;
     Py_SETREF(self->conn, Py_NewRef(conn));
     result = Py_NewRef(conn);
     goto done;
 slow_or_error:
-    if (PyErr_Occurred())
+    if (UNLIKELY(PyErr_Occurred()))
         goto done;
 slow:
     result = enter_slow(self);
@@ -212,7 +254,7 @@ done:
     return result;
 }
 
-static PyObject *
+static COLD PyObject *
 exit_slow(Borrow *self, PyObject *const *args)
 {
     PyObject *call[4] = {(PyObject *)self, args[0], args[1], args[2]};
@@ -251,62 +293,63 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
         return exit_slow(self, args); /* not a connection this desk lent: Python decides */
     Py_INCREF(conn);
     PyObject *pool_dict = self->pool_dict, *result = NULL, *connpool = NULL, *lending = NULL;
+    int ok;
+    if (desk->nheld >= desk->held_cap) {
+        /* The pool moves them to its _holds and folds them, under its lock (Python
+           code, so before the section). */
+        PyObject *folded = PyObject_CallMethodNoArgs(self->pool, s_fold_holds);
+        if (UNLIKELY(folded == NULL))
+            goto done;
+        Py_DECREF(folded);
+    }
     /* psycopg's pure-Python PGconn runs Python code here: so before the section. */
-    int ok = transaction_idle(conn);
-    if (ok <= 0)
+    ok = transaction_idle(conn);
+    if (UNLIKELY(ok <= 0))
         goto slow_or_error;
     ok = lock_free(desk);
-    if (ok <= 0)
+    if (UNLIKELY(ok <= 0))
         goto slow_or_error;
     /* From here to the end, no Python code runs: this is the critical section. */
-    if ((connpool = PyObject_GetAttr(conn, s_pool)) == NULL
-        || (lending = PyObject_GetAttr(conn, s_pw_lending)) == NULL)
+    if (UNLIKELY((connpool = PyObject_GetAttr(conn, s_pool)) == NULL
+        || (lending = PyObject_GetAttr(conn, s_pw_lending)) == NULL))
         goto done;
-    if (connpool == Py_None || lending != self->checkout)
+    if (UNLIKELY(connpool == Py_None || lending != self->checkout))
         goto slow; /* given back during the block: the Python exit says so */
-    if (!desk->fast)
+    if (UNLIKELY(!desk->fast))
         goto slow;
     double t;
-    if (monotonic_now(&t) < 0)
+    if (UNLIKELY(monotonic_now(&t) < 0))
         goto done;
     ok = alive_at(conn, t);
-    if (ok <= 0)
+    if (UNLIKELY(ok <= 0))
         goto slow_or_error;
     PyObject *nconns = GET(pool_dict, s_nconns);
     PyObject *max_size = GET(pool_dict, s_max_size);
-    if (nconns == NULL || max_size == NULL || !PyLong_CheckExact(nconns)
-        || !PyLong_CheckExact(max_size))
+    if (UNLIKELY(nconns == NULL || max_size == NULL || !PyLong_CheckExact(nconns)
+        || !PyLong_CheckExact(max_size)))
         goto slow_or_error;
-    if (PyObject_RichCompareBool(nconns, max_size, Py_GT) != 0)
+    long have = PyLong_AsLong(nconns), wanted = PyLong_AsLong(max_size);
+    if (UNLIKELY(have > wanted || PyErr_Occurred()))
         goto slow_or_error; /* more connections than wanted: the Python exit closes one */
-    if (PyObject_Length(desk->waiting) != 0)
-        goto slow_or_error; /* a waiter (or an error): the hand-off runs Python code */
-    if (PyList_GET_SIZE(desk->holds) + 1 >= holds_fold_at)
-        goto slow; /* the fold is Python code: the Python exit does it */
-    /* What can fail (an allocation: the hold time, the list and deque growing) comes
-       first, and is undone if a later step fails, so that an error leaves the pool as
-       it was; the lending (in _out since the take) is then still the block's. */
-    PyObject *held = PyFloat_FromDouble(t - PyFloat_AS_DOUBLE(self->checkout));
-    if (held == NULL)
-        goto done;
-    Py_ssize_t nholds = PyList_GET_SIZE(desk->holds);
-    int err = PyList_Append(desk->holds, held);
-    Py_DECREF(held);
-    if (err < 0)
-        goto done;
+    if (UNLIKELY(Py_SIZE(desk->waiting) != 0))
+        goto slow; /* a waiter: the hand-off runs Python code */
+    if (UNLIKELY(desk->nheld >= desk->held_cap))
+        goto slow; /* filled by other threads since the fold above: Python keeps this one */
+    /* What can fail (an allocation: the deque growing) comes first, so that an error
+       leaves the pool as it was; the lending (in _out since the take) is then still
+       the block's. */
     PyObject *put = PyObject_CallOneArg(desk->idle_put, conn);
-    if (put == NULL) {
-        PyList_SetSlice(desk->holds, nholds, nholds + 1, NULL); /* shrinks: cannot fail */
+    if (UNLIKELY(put == NULL))
         goto done;
-    }
     Py_DECREF(put);
-    if (PyDict_DelItem(desk->out, conn) < 0 || PyObject_SetAttr(conn, s_pool, Py_None) < 0)
+    desk->held[desk->nheld++] = t - PyFloat_AS_DOUBLE(self->checkout);
+    if (UNLIKELY(PyDict_DelItem(desk->out, conn) < 0 || PyObject_SetAttr(conn, s_pool, Py_None) < 0))
         goto done; /* not reached: both entries exist (the token matched) */
     Py_SETREF(self->conn, Py_NewRef(Py_None));
     result = Py_NewRef(Py_None);
     goto done;
 slow_or_error:
-    if (PyErr_Occurred())
+    if (UNLIKELY(PyErr_Occurred()))
         goto done;
 slow:
     result = exit_slow(self, args);
@@ -519,22 +562,29 @@ Desk_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Desk *self = (Desk *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
+    self->held_cap = holds_fold_at > 0 ? holds_fold_at : 1;
+    if ((self->held = PyMem_New(double, self->held_cap)) == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
     if ((self->pool_ref = PyWeakref_NewRef(pool, NULL)) == NULL
         || (self->conn_type = required(pool, s_connection_class)) == NULL
         || (self->lock = required(pool, s_lock)) == NULL
         || (self->idle = required(pool, s_idle)) == NULL
         || (self->out = required(pool, s_out)) == NULL
-        || (self->holds = required(pool, s_holds)) == NULL
         || (self->waiting = required(pool, s_waiting)) == NULL
         || (self->idle_put = required(pool, s_idle_put)) == NULL
+        || (self->idle_take = PyObject_GetAttr(self->idle, s_popleft)) == NULL
         || (self->locked = PyObject_GetAttr(self->lock, s_locked)) == NULL) {
         Py_DECREF(self);
         return NULL;
     }
-    if (!PyDict_CheckExact(self->out) || !PyList_CheckExact(self->holds)
-        || !PyType_Check(self->conn_type)) {
+    if (!PyDict_CheckExact(self->out)
+        || !PyType_Check(self->conn_type) || !Py_IS_TYPE(self->idle, deque_type)
+        || !Py_IS_TYPE(self->waiting, deque_type) || !Py_IS_TYPE(self->lock, lock_type)) {
         PyErr_SetString(PyExc_TypeError,
-                        "the pool's _out must be a dict, _holds a list, connection_class a class");
+                        "the pool's _out must be a dict, _idle and _waiting "
+                        "deques, _lock a threading.Lock, connection_class a class");
         Py_DECREF(self);
         return NULL;
     }
@@ -549,9 +599,9 @@ Desk_traverse(Desk *self, visitproc visit, void *arg)
     Py_VISIT(self->lock);
     Py_VISIT(self->idle);
     Py_VISIT(self->out);
-    Py_VISIT(self->holds);
     Py_VISIT(self->waiting);
     Py_VISIT(self->idle_put);
+    Py_VISIT(self->idle_take);
     Py_VISIT(self->locked);
     return 0;
 }
@@ -564,9 +614,9 @@ Desk_clear(Desk *self)
     Py_CLEAR(self->lock);
     Py_CLEAR(self->idle);
     Py_CLEAR(self->out);
-    Py_CLEAR(self->holds);
     Py_CLEAR(self->waiting);
     Py_CLEAR(self->idle_put);
+    Py_CLEAR(self->idle_take);
     Py_CLEAR(self->locked);
     return 0;
 }
@@ -576,10 +626,37 @@ Desk_dealloc(Desk *self)
 {
     PyObject_GC_UnTrack(self);
     Desk_clear(self);
+    PyMem_Free(self->held);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* desk.move_holds(holds): append the hold times kept here to the list *holds* (the
+   pool's _holds, under its lock), and forget them; on an error, the list and the desk
+   are as they were. */
+static PyObject *
+Desk_move_holds(Desk *self, PyObject *holds)
+{
+    if (!PyList_CheckExact(holds)) {
+        PyErr_SetString(PyExc_TypeError, "move_holds() takes a list");
+        return NULL;
+    }
+    Py_ssize_t before = PyList_GET_SIZE(holds);
+    for (Py_ssize_t i = 0; i < self->nheld; i++) {
+        PyObject *held = PyFloat_FromDouble(self->held[i]);
+        int err = held == NULL ? -1 : PyList_Append(holds, held);
+        Py_XDECREF(held);
+        if (err < 0) {
+            PyList_SetSlice(holds, before, PyList_GET_SIZE(holds), NULL); /* shrinks */
+            return NULL;
+        }
+    }
+    self->nheld = 0;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Desk_methods[] = {
+    {"move_holds", (PyCFunction)Desk_move_holds, METH_O,
+     "move_holds(holds): append the hold times kept here to the list, and forget them."},
     {"lend", (PyCFunction)(void (*)(void))Desk_lend, METH_FASTCALL,
      "lend(timeout=None): a new connection() block."},
     {NULL},
@@ -589,6 +666,8 @@ static PyMemberDef Desk_members[] = {
     {"fast", T_BOOL, offsetof(Desk, fast), 0, "whether blocks may lend here (_fast_borrow)"},
     {"instant", T_LONGLONG, offsetof(Desk, instant), 0,
      "lendings here not yet added to the pool's _instant"},
+    {"held", T_PYSSIZET, offsetof(Desk, nheld), READONLY,
+     "how many hold times wait here for move_holds()"},
     {NULL},
 };
 
@@ -632,6 +711,62 @@ static struct PyModuleDef hot_module = {
     .m_methods = module_methods,
 };
 
+/* A new reference to module.name, which must be a class. */
+static PyTypeObject *
+type_in(const char *module, const char *name)
+{
+    PyObject *mod = PyImport_ImportModule(module);
+    if (mod == NULL)
+        return NULL;
+    PyObject *type = PyObject_GetAttrString(mod, name);
+    Py_DECREF(mod);
+    if (type != NULL && !PyType_Check(type)) {
+        Py_DECREF(type);
+        PyErr_Format(PyExc_TypeError, "%s.%s is not a class", module, name);
+        return NULL;
+    }
+    return (PyTypeObject *)type;
+}
+
+/* Sets lock_byte_ok if a fresh lock's `locked` byte follows acquire() and release(). */
+static int
+check_lock_layout(void)
+{
+#if PY_VERSION_HEX < 0x030D0000
+    if (lock_type->tp_basicsize != (Py_ssize_t)sizeof(lock_layout))
+        return 0;
+    PyObject *thread = PyImport_ImportModule("_thread");
+    if (thread == NULL)
+        return -1;
+    PyObject *lock = PyObject_CallMethod(thread, "allocate_lock", NULL);
+    Py_DECREF(thread);
+    if (lock == NULL)
+        return -1;
+    if (!Py_IS_TYPE(lock, lock_type)) {
+        Py_DECREF(lock);
+        return 0;
+    }
+    int ok = ((lock_layout *)lock)->locked == 0;
+    PyObject *r = PyObject_CallMethod(lock, "acquire", NULL);
+    if (r == NULL) {
+        Py_DECREF(lock);
+        return -1;
+    }
+    Py_DECREF(r);
+    ok = ok && ((lock_layout *)lock)->locked == 1;
+    r = PyObject_CallMethod(lock, "release", NULL);
+    if (r == NULL) {
+        Py_DECREF(lock);
+        return -1;
+    }
+    Py_DECREF(r);
+    ok = ok && ((lock_layout *)lock)->locked == 0;
+    Py_DECREF(lock);
+    lock_byte_ok = ok;
+#endif
+    return 0;
+}
+
 #define INTERN(var, text)                                                                  \
     if ((var = PyUnicode_InternFromString(text)) == NULL)                                  \
         return NULL;
@@ -653,9 +788,9 @@ PyInit__hot(void)
     INTERN(s_nconns, "_nconns");
     INTERN(s_max_size, "_max_size");
     INTERN(s_waiting, "_waiting");
-    INTERN(s_holds, "_holds");
     INTERN(s_idle_put, "_idle_put");
     INTERN(s_connection_class, "connection_class");
+    INTERN(s_fold_holds, "_fold_holds");
     PyObject *time = PyImport_ImportModule("time");
     if (time == NULL)
         return NULL;
@@ -665,11 +800,16 @@ PyInit__hot(void)
         return NULL;
     if (PyType_Ready(&BorrowType) < 0 || PyType_Ready(&DeskType) < 0)
         return NULL;
+    if ((deque_type = type_in("collections", "deque")) == NULL
+        || (lock_type = type_in("_thread", "LockType")) == NULL
+        || check_lock_layout() < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&hot_module);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Borrow", (PyObject *)&BorrowType) < 0
-        || PyModule_AddObjectRef(m, "Desk", (PyObject *)&DeskType) < 0) {
+        || PyModule_AddObjectRef(m, "Desk", (PyObject *)&DeskType) < 0
+        || PyModule_AddObjectRef(m, "READS_LOCK_BYTE", lock_byte_ok ? Py_True : Py_False) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -5,8 +5,13 @@ from typing import Any
 class Desk:
     fast: bool
     instant: int
+    @property
+    def held(self) -> int: ...
     def __init__(self, pool: Any) -> None: ...
     def lend(self, timeout: float | None = None) -> Any: ...
+    def move_holds(self, holds: list[float]) -> None: ...
+
+READS_LOCK_BYTE: bool
 
 def set_fallbacks(
     enter: Callable[..., Any], exit: Callable[..., Any], holds_fold_at: int
