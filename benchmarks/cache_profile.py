@@ -101,9 +101,9 @@ def table(rows: Mapping[tuple[str, int], Mapping[str, float]]) -> str:
         base = rows.get((FLOOR, threads))
         cells = []
         for event in EVENTS:
-            cell = f"{values[event] + 0.0:,.0f}"  # + 0.0: no "-0"
+            cell = f"{round(values[event]):,}"  # an int: never "-0"
             if base is not None and library != FLOOR:
-                cell += f" ({values[event] - base[event] + 0.0:+,.0f})"
+                cell += f" ({round(values[event] - base[event]):+,})"
             cells.append(cell)
         lines.append(f"| {threads} | {library} | " + " | ".join(cells) + " |")
     lines.append(
