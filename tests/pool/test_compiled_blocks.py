@@ -286,3 +286,30 @@ def test_the_desk_keeps_hold_times_until_the_fold_moves_them(pool):
     moved: list[float] = []
     desk.move_holds(moved)  # nothing left to move
     assert moved == []
+
+
+def test_a_fold_that_raises_still_gives_the_connection_back(pool, monkeypatch):
+    # The give-back that finds the desk full asks the pool to fold first: Python
+    # code, where a signal handler can raise (KeyboardInterrupt) or memory run out.
+    # The error must reach the caller, and the connection must still go back.
+    start = pool.aggregates().use.count
+    for _ in range(HOLDS_FOLD_AT):
+        with pool.connection():
+            pass
+    assert pool._desk.held == HOLDS_FOLD_AT  # full: the next give-back folds first
+    fold = pool._fold_holds
+
+    def interrupted() -> None:
+        monkeypatch.setattr(pool, "_fold_holds", fold)  # once
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pool, "_fold_holds", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with pool.connection() as conn:
+            pass
+    assert conn._pool is None and conn not in pool._out
+    snap = pool.snapshot()
+    assert (snap.used, snap.idle) == (0, 2)
+    assert pool.aggregates().use.count - start == HOLDS_FOLD_AT + 1  # none lost
+    with pool.connection() as again:  # and the pool goes on
+        assert again is not None

@@ -261,6 +261,60 @@ exit_slow(Borrow *self, PyObject *const *args)
     return PyObject_Vectorcall(fallback_exit, call, 4, NULL);
 }
 
+/* The pending exception, normalised, as a new reference (and none is pending). */
+static PyObject *
+take_error(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+/* Raise *exc* again (steals the reference). */
+static void
+give_error(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
+
+/* The fold before a give-back raised (a signal handler's KeyboardInterrupt, a
+   MemoryError): give the connection back through the Python exit all the same, then
+   raise the fold's error (or the exit's, with the fold's as its context). NULL. */
+static COLD PyObject *
+exit_after_error(Borrow *self, PyObject *const *args)
+{
+    PyObject *error = take_error();
+    if (error == NULL) /* not reached: called with an error pending */
+        return exit_slow(self, args);
+    PyObject *result = exit_slow(self, args);
+    if (result != NULL) {
+        Py_DECREF(result);
+        give_error(error);
+        return NULL;
+    }
+    PyObject *later = take_error();
+    if (later == NULL) { /* not reached: exit_slow failed, so an error is pending */
+        give_error(error);
+        return NULL;
+    }
+    PyException_SetContext(later, error); /* steals error */
+    give_error(later);
+    return NULL;
+}
+
 /* 1 if the connection has no transaction open, 0 if it has, -1 on error. */
 static int
 transaction_idle(PyObject *conn)
@@ -298,8 +352,10 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
         /* The pool moves them to its _holds and folds them, under its lock (Python
            code, so before the section). */
         PyObject *folded = PyObject_CallMethodNoArgs(self->pool, s_fold_holds);
-        if (UNLIKELY(folded == NULL))
+        if (UNLIKELY(folded == NULL)) {
+            result = exit_after_error(self, args);
             goto done;
+        }
         Py_DECREF(folded);
     }
     /* psycopg's pure-Python PGconn runs Python code here: so before the section. */
