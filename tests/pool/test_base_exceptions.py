@@ -7,6 +7,7 @@ Ground truth is the server's own count of backends (pg_stat_activity), read by t
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import threading
@@ -204,6 +205,41 @@ def test_reset_on_closed_pool_reraises_after_retiring_sync(pg):
     pool.close()
     with pytest.raises(Interrupt):
         pool.putconn(conn)
+    assert conn.closed
+    s = pool.snapshot()
+    assert (s.size, s.used) == (0, 0)
+    wait_until(lambda: pg.backends(app) == 0, timeout=15)
+
+
+class InterruptInLogging(BaseException):
+    """A second interruption, raised while the first one is being logged."""
+
+
+def test_an_interruption_inside_the_reset_handler_still_retires_sync(pg):
+    """A signal handler can raise while the return's `except` block logs the first
+    interruption. The `finally` must still retire the connection, not fail with an
+    UnboundLocalError and leave it neither idle nor closed."""
+    app = app_name()
+    pool = ConnectionPool(
+        pg.dsn(application_name=app), min_size=1, reset=RaiseOnce(Interrupt), open=False
+    )
+    pool.open(wait=True)
+    conn = pool.getconn()
+    pool.close()  # the return now runs in the caller, which sees what it raises
+
+    def interrupt_the_warning(record: logging.LogRecord) -> bool:
+        if "reset of a returned connection interrupted" in record.getMessage():
+            raise InterruptInLogging
+        return True
+
+    logger = logging.getLogger("poolwatch.pool")
+    logger.addFilter(interrupt_the_warning)
+    try:
+        with pytest.raises(InterruptInLogging) as raised:
+            pool.putconn(conn)
+    finally:
+        logger.removeFilter(interrupt_the_warning)
+    assert isinstance(raised.value.__context__, Interrupt)
     assert conn.closed
     s = pool.snapshot()
     assert (s.size, s.used) == (0, 0)

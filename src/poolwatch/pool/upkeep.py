@@ -49,6 +49,9 @@ class PoolUpkeep(Generic[CT], BasePool):
     def _return_connection(self, conn: Any) -> None:
         """Bring a returned connection back to a clean state, then reuse or retire it."""
         conn._pool = None
+        # Retired unless the reset completes: set before the try, so that an
+        # interruption anywhere (even inside the except below) leaves a reason.
+        reason: str | None = "reset_failed"
         try:
             reason = self._reset_connection(conn)
         except BaseException:
@@ -56,7 +59,6 @@ class PoolUpkeep(Generic[CT], BasePool):
             # the session's state is unknown, so the connection is retired, and the
             # interruption goes on to whoever ran the return (a worker logs it).
             logger.warning("reset of a returned connection interrupted: discarding %s", conn)
-            reason = "reset_failed"
             raise
         finally:
             with self._lock:
