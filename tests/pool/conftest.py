@@ -20,6 +20,18 @@ def table(pg: Any) -> Iterator[str]:
 
 
 @pytest.fixture
+def compiled_pool(dsn: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """An open sync pool of 2 that has compiled blocks (a desk), named after the module."""
+    from poolwatch import ConnectionPool
+
+    name = request.module.__name__.rpartition(".")[2]
+    with ConnectionPool(dsn, min_size=2, name=name, kwargs={"autocommit": True}) as p:
+        p.wait(timeout=30)
+        assert p._desk is not None
+        yield p
+
+
+@pytest.fixture
 def preempt_often() -> Iterator[None]:
     """Switch threads about every microsecond (the default is 5 ms)."""
     before = sys.getswitchinterval()

@@ -66,11 +66,8 @@ def fallbacks() -> Iterator[Counter[str]]:
 
 
 @pytest.fixture
-def pool(dsn: str) -> Iterator[ConnectionPool[Any]]:
-    with ConnectionPool(dsn, min_size=2, name="compiled", kwargs={"autocommit": True}) as p:
-        p.wait(timeout=30)
-        assert p._desk is not None
-        yield p
+def pool(compiled_pool: ConnectionPool[Any]) -> ConnectionPool[Any]:
+    return compiled_pool  # tests/pool/conftest.py
 
 
 def test_plain_blocks_take_the_compiled_path_and_count_exactly(pool, fallbacks, monkeypatch):

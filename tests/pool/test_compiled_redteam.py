@@ -21,7 +21,6 @@ import textwrap
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -29,22 +28,17 @@ import pytest
 
 from poolwatch import ConnectionPool
 
-pytestmark = [
-    pytest.mark.db,
-    # Not built where it would rely on a GIL that is not there; anywhere else a
-    # missing build fails these tests (their pools must have a desk).
-    pytest.mark.skipif(
-        bool(sysconfig.get_config_var("Py_GIL_DISABLED")), reason="no compiled blocks here"
-    ),
-]
+# Not built where it would rely on a GIL that is not there; anywhere else a missing
+# build fails these tests (their pools must have a desk).
+GIL_BUILDS_ONLY = pytest.mark.skipif(
+    bool(sysconfig.get_config_var("Py_GIL_DISABLED")), reason="no compiled blocks here"
+)
+pytestmark = [pytest.mark.db, GIL_BUILDS_ONLY]
 
 
 @pytest.fixture
-def pool(dsn: str) -> Iterator[ConnectionPool[Any]]:
-    with ConnectionPool(dsn, min_size=2, name="redteam", kwargs={"autocommit": True}) as p:
-        p.wait(timeout=30)
-        assert p._desk is not None
-        yield p
+def pool(compiled_pool: ConnectionPool[Any]) -> ConnectionPool[Any]:
+    return compiled_pool  # tests/pool/conftest.py
 
 
 def _run_child(code: str, dsn: str) -> subprocess.CompletedProcess[str]:

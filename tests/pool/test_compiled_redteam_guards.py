@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import gc
 import signal
-import sysconfig
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -23,22 +21,14 @@ import pytest
 from poolwatch import ConnectionPool
 from poolwatch.observe import PoolObserver
 
-from .test_compiled_redteam import _run_child, _Witness
+from .test_compiled_redteam import GIL_BUILDS_ONLY, _run_child, _Witness
 
-pytestmark = [
-    pytest.mark.db,
-    pytest.mark.skipif(
-        bool(sysconfig.get_config_var("Py_GIL_DISABLED")), reason="no compiled blocks here"
-    ),
-]
+pytestmark = [pytest.mark.db, GIL_BUILDS_ONLY]
 
 
 @pytest.fixture
-def pool(dsn: str) -> Iterator[ConnectionPool[Any]]:
-    with ConnectionPool(dsn, min_size=2, name="guards", kwargs={"autocommit": True}) as p:
-        p.wait(timeout=30)
-        assert p._desk is not None
-        yield p
+def pool(compiled_pool: ConnectionPool[Any]) -> ConnectionPool[Any]:
+    return compiled_pool  # tests/pool/conftest.py
 
 
 # --- many threads preempted every microsecond, racing everything the pool does ---
