@@ -385,7 +385,7 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
         || !PyLong_CheckExact(max_size)))
         goto slow_or_error;
     long have = PyLong_AsLong(nconns), wanted = PyLong_AsLong(max_size);
-    if (UNLIKELY(have > wanted || PyErr_Occurred()))
+    if (UNLIKELY(have > wanted || ((have == -1 || wanted == -1) && PyErr_Occurred())))
         goto slow_or_error; /* more connections than wanted: the Python exit closes one */
     if (UNLIKELY(Py_SIZE(desk->waiting) != 0))
         goto slow; /* a waiter: the hand-off runs Python code */
