@@ -35,6 +35,7 @@ from typing import Any
 import psycopg
 
 from benchmarks import floor, harness
+from poolwatch.pool._compiled import PURE_PYTHON_VARIABLE
 
 RAW = "raw connections"
 FLOOR = floor.NAME
@@ -54,7 +55,6 @@ QUERIES = 20_000  # per child, split between its threads
 WARM_UPS = 200  # per thread
 JOBS = 2
 DSN_VARIABLE = "POOLWATCH_CACHE_PROFILE_DSN"
-PURE_PYTHON_VARIABLE = "POOLWATCH_PURE_PYTHON"
 ROOT = Path(__file__).resolve().parent.parent
 VALGRIND = (
     "valgrind",
