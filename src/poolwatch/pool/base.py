@@ -611,8 +611,9 @@ class BasePool:
             self._fold_holds_locked()
 
     def _fold_holds_locked(self) -> None:
-        """Add the hold times the fast return has kept in `_holds` to the use histogram
-        and to the seconds of ended checkouts (a reader calls this first, under the lock).
+        """Add the hold times the fast returns have kept (in `_holds`, and in the
+        compiled blocks' desk) to the use histogram and to the seconds of ended
+        checkouts (a reader calls this first, under the lock).
         """
         holds = self._holds
         desk = self._desk
