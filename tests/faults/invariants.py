@@ -26,13 +26,11 @@ def instant_violations(pool: Any, held: list[Any]) -> list[str]:
         used = pool._used
         idle = len(pool._idle)
         out_keys = set(map(id, pool._out))
-        # A connection() block's token (see BasePool._checkout_locked): a lent
-        # connection carries its lending's start time, the very object, and its pool.
-        tokens_off = sum(
-            1 for c, t in pool._out.items() if c._pw_lending is not t or c._pool is not pool
-        )
+        # A lent connection carries its pool (psycopg's connection exit and close()
+        # ask for it); its entry in _out, its start time, is its lending's token.
+        tokens_off = sum(1 for c in pool._out if c._pool is not pool)
     if tokens_off:
-        out.append(f"{tokens_off} lent connections do not carry their lending's token")
+        out.append(f"{tokens_off} lent connections do not carry their pool")
     if snap_size - max_size > used:
         out.append(f"size {snap_size} > max_size {max_size} beyond the {used} checked out")
     if idle + used > snap_size:

@@ -114,7 +114,6 @@ def test_the_checkout_time_is_read_from_the_pools_clock(pool):
             t1 = time.monotonic()
             checkout = pool._out[conn]
         assert t0 <= checkout <= t1
-        assert conn._pw_lending == checkout
 
 
 def test_a_held_pool_lock_sends_the_block_to_python_which_waits_for_it(pool, fallbacks):
@@ -190,12 +189,12 @@ class _SetattrConnection(psycopg.Connection[Any]):
 
 class _PropertyConnection(psycopg.Connection[Any]):
     @property
-    def _pw_lending(self) -> Any:
-        return self.__dict__.get("_lending")
+    def _expire_at(self) -> Any:
+        return self.__dict__.get("_expires")
 
-    @_pw_lending.setter
-    def _pw_lending(self, value: Any) -> None:
-        self.__dict__["_lending"] = value
+    @_expire_at.setter
+    def _expire_at(self, value: Any) -> None:
+        self.__dict__["_expires"] = value
 
 
 class _PropertyPool(ConnectionPool[Any]):

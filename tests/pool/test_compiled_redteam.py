@@ -147,24 +147,35 @@ class _HashingConnection(psycopg.Connection[Any]):
     armed = False
     unlocked = threading.Event()
     resume = threading.Event()
+    holds_then: int | None = None  # the hold times recorded when it ran unlocked
 
     def __hash__(self) -> int:
         cls = type(self)
         if cls.armed and not cls.pool._lock.locked():
             cls.armed = False
+            cls.holds_then = _holds_recorded(cls.pool)
             cls.unlocked.set()
             cls.resume.wait(30)
         return object.__hash__(self)
+
+
+def _holds_recorded(pool: Any) -> int:
+    desk = pool._desk
+    return pool._agg.use.count + len(pool._holds) + (desk.held if desk is not None else 0)
 
 
 def test_a_connection_class_with_a_python_hash_cannot_let_close_in_mid_return(dsn):
     # The compiled return ran the Python __hash__ (its `del _out[conn]`) after it had
     # added the hold time and with the pool lock free: another thread could close the
     # pool there, and the return then put the connection on the idle list of the
-    # closed pool, where nothing ever closes it.
+    # closed pool, where nothing ever closes it. The block's read of its token (a
+    # look-up in _out) may hash it with the lock free, before the return starts: the
+    # test closes the pool there, and the return must still close the connection.
     cls = _HashingConnection
     cls.unlocked.clear()
     cls.resume.clear()
+    cls.holds_then = None
+    holds_before: list[int] = []
     used: list[Any] = []
     pool = ConnectionPool(
         dsn,
@@ -181,6 +192,7 @@ def test_a_connection_class_with_a_python_hash_cannot_let_close_in_mid_return(ds
         def borrower() -> None:
             with pool.connection() as conn:
                 used.append(conn)
+                holds_before.append(_holds_recorded(pool))
                 cls.armed = True
 
         t = threading.Thread(target=borrower, daemon=True)
@@ -202,7 +214,10 @@ def test_a_connection_class_with_a_python_hash_cannot_let_close_in_mid_return(ds
     # A closed pool closes every connection it lent when it comes back.
     assert used[0].closed, "a connection returned to a closed pool was left open"
     assert len(pool._idle) == 0
-    assert not cls.unlocked.is_set(), "the connection's __hash__ ran with the pool lock free"
+    # If the hash ran with the lock free, the return had not begun: no hold time yet.
+    assert cls.holds_then is None or cls.holds_then == holds_before[0], (
+        "the connection's __hash__ ran with the pool lock free in the middle of a return"
+    )
 
 
 # --- references: the compiled blocks keep nothing alive the Python ones did not ---

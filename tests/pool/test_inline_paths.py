@@ -178,3 +178,18 @@ def test_a_block_open_through_a_drain_retires_its_connection(dsn):
         wait_until(lambda: pool.snapshot().idle == 1, timeout=30)  # replaced
         with pool.connection() as fresh:
             assert fresh is not conn
+
+
+def test_a_block_outliving_its_connection_retires_it(dsn):
+    # The compiled block reads the connection's expiry when it takes it and trusts
+    # that copy at its end (only drain() changes it meanwhile, and says so): a
+    # connection that expires during the block must not go back to the idle list.
+    with ConnectionPool(dsn, min_size=1, max_size=1, max_lifetime=1.0, name="holds-life") as pool:
+        pool.wait()
+        with pool.connection() as conn:
+            time.sleep(max(0.0, conn._expire_at - time.monotonic()) + 0.05)
+        assert pool.aggregates().lifetime["max_lifetime"].count == 1
+        wait_until(lambda: conn.closed, timeout=30)  # closed by a worker
+        wait_until(lambda: pool.snapshot().idle == 1, timeout=30)  # replaced
+        with pool.connection() as fresh:
+            assert fresh is not conn

@@ -1,10 +1,10 @@
 """Red-team attacks on the lending token a `connection()` block compares at its end.
 
-The block decides whether it still owns its connection from two unlocked attribute
-reads (`_pw_lending` and `_pool`). Another thread may run between those two reads: on a
+The block decides whether it still owns its connection from one unlocked read: its
+connection's entry in the pool's `_out`. Another thread may run during that read: on a
 free-threaded CPython at any moment, on a GIL build whenever the interpreter switches
 threads there. These tests put another borrower exactly there, through a connection
-class that runs it right after the first of the two reads, and read the ground truth
+class that runs it while the read hashes the connection, and read the ground truth
 (committed rows) on a separate connection.
 """
 
@@ -30,28 +30,25 @@ from .test_relend import committed_rows
 
 pytestmark = pytest.mark.db
 
-_WATCHED = frozenset({"_pw_lending", "_pool"})
-
 
 class InterleavingConnection(psycopg.Connection):  # type: ignore[type-arg]
-    """A real connection that, once armed, runs a callback just after the next read of
-    `_pw_lending` or `_pool`: what another thread could do between the block's reads."""
+    """A real connection that, once armed, runs a callback when it is next hashed (a
+    dict look-up of it, such as the block's read of `_out`): what another thread could
+    do in the middle of that read."""
 
-    def __getattribute__(self, name: str) -> Any:
-        value = super().__getattribute__(name)
-        if name in _WATCHED:
-            hook = type(self).armed
-            if hook is not None:
-                type(self).armed = None
-                hook()
-        return value
+    def __hash__(self) -> int:
+        hook = type(self).armed
+        if hook is not None:
+            type(self).armed = None
+            hook()
+        return object.__hash__(self)
 
     armed: Callable[[], None] | None = None
 
 
-def test_a_borrower_between_the_exit_reads_keeps_its_transaction(pg, dsn, table):
+def test_a_borrower_during_the_exit_read_keeps_its_transaction(pg, dsn, table):
     """The block gave its connection back (fast return to the idle list); at its exit,
-    between its two reads, another borrower takes that connection and opens a
+    during its read of the token, another borrower takes that connection and opens a
     transaction. The exit must neither commit that transaction nor return the
     connection it no longer owns."""
     with ConnectionPool(
@@ -72,7 +69,7 @@ def test_a_borrower_between_the_exit_reads_keeps_its_transaction(pg, dsn, table)
                 InterleavingConnection.armed = next_borrower
         finally:
             InterleavingConnection.armed = None
-        # Whichever read came first, the other borrower ran right after it.
+        # The other borrower ran inside the exit's read.
         assert len(taken) == 1
         second = taken[0]
         assert second is conn

@@ -25,7 +25,7 @@ PURE_PYTHON_VARIABLE = "POOLWATCH_PURE_PYTHON"
 
 # What the compiled blocks read or write with the GIL as their only lock.
 _POOL_ATTRIBUTES = ("_idle_ran_out", "_nconns", "_max_size")
-_CONNECTION_ATTRIBUTES = ("_expire_at", "_pw_lending", "_pool", "pgconn")
+_CONNECTION_ATTRIBUTES = ("_expire_at", "_pool", "pgconn")
 
 
 def load(block_class: Any) -> Any:

@@ -65,7 +65,7 @@ static PyObject *time_monotonic = NULL;
 static Py_ssize_t holds_fold_at = 1024;
 
 static PyObject *s_lock, *s_locked, *s_idle, *s_expire_at, *s_popleft,
-    *s_idle_ran_out, *s_out, *s_pw_lending, *s_pool, *s_pgconn,
+    *s_idle_ran_out, *s_out, *s_pool, *s_pgconn,
     *s_transaction_status, *s_nconns, *s_max_size, *s_waiting, *s_idle_put,
     *s_connection_class, *s_fold_holds;
 
@@ -89,6 +89,7 @@ typedef struct {
     Py_ssize_t nheld, held_cap;
     char fast;        /* the pool's _fast_borrow, which _refresh_fast_paths copies here */
     long long instant; /* lendings here since the pool last added them to its _instant */
+    unsigned long long drains; /* drain() adds one: it changes lent connections' _expire_at */
 } Desk;
 
 /* Every field is always set (never NULL): the setters refuse deletion. */
@@ -100,6 +101,10 @@ typedef struct {
     PyObject *timeout;
     PyObject *conn;
     PyObject *checkout; /* None or a float (the lending's token): nothing with a finaliser */
+    /* The connection's _expire_at, read by the compiled enter, and desk->drains then:
+       the exit trusts it while no drain came since. 0 when the Python enter lent. */
+    double expire_at;
+    unsigned long long drains;
 } Borrow;
 
 static PyTypeObject BorrowType;
@@ -170,15 +175,15 @@ lock_free(Desk *desk)
     return r;
 }
 
-/* 1 if conn._expire_at > now, 0 if not, -1 on error. */
+/* 1 if conn._expire_at > now (then *expire_at is it), 0 if not, -1 on error. */
 static int
-alive_at(PyObject *conn, double now)
+alive_at(PyObject *conn, double now, double *expire_at)
 {
-    PyObject *expire_at = PyObject_GetAttr(conn, s_expire_at);
-    if (expire_at == NULL)
+    PyObject *value = PyObject_GetAttr(conn, s_expire_at);
+    if (value == NULL)
         return -1;
-    int r = PyFloat_CheckExact(expire_at) && PyFloat_AS_DOUBLE(expire_at) > now;
-    Py_DECREF(expire_at);
+    int r = PyFloat_CheckExact(value) && (*expire_at = PyFloat_AS_DOUBLE(value)) > now;
+    Py_DECREF(value);
     return r;
 }
 
@@ -212,10 +217,10 @@ Borrow_enter(Borrow *self, PyObject *Py_UNUSED(ignored))
         goto done;
     if (UNLIKELY(!Py_IS_TYPE(conn, (PyTypeObject *)desk->conn_type)))
         goto slow; /* only the class checked by _compiled runs no Python code */
-    double t;
+    double t, expire_at;
     if (UNLIKELY(monotonic_now(&t) < 0))
         goto done;
-    ok = alive_at(conn, t);
+    ok = alive_at(conn, t, &expire_at);
     if (UNLIKELY(ok <= 0))
         goto slow_or_error;
     /* What can fail (an allocation) comes before the first change to the pool, so
@@ -237,10 +242,11 @@ Borrow_enter(Borrow *self, PyObject *Py_UNUSED(ignored))
     Py_DECREF(taken); /* the same object as conn */
     Py_SETREF(self->checkout, now); /* the old one is None or a float: no finaliser */
     if (UNLIKELY((n == 1 && PyDict_SetItem(pool_dict, s_idle_ran_out, Py_True) < 0)
-        || PyObject_SetAttr(conn, s_pw_lending, now) < 0
-        || PyObject_SetAttr(conn, s_pool, self->pool) < 0))
+        || PyObject_GenericSetAttr(conn, s_pool, self->pool) < 0))
         goto done;
     desk->instant++;
+    self->expire_at = expire_at;
+    self->drains = desk->drains;
     Py_SETREF(self->conn, Py_NewRef(conn));
     result = Py_NewRef(conn);
     goto done;
@@ -346,7 +352,7 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
         || !PyFloat_CheckExact(self->checkout))
         return exit_slow(self, args); /* not a connection this desk lent: Python decides */
     Py_INCREF(conn);
-    PyObject *pool_dict = self->pool_dict, *result = NULL, *connpool = NULL, *lending = NULL;
+    PyObject *pool_dict = self->pool_dict, *result = NULL;
     int ok;
     if (desk->nheld >= desk->held_cap) {
         /* The pool moves them to its _holds and folds them, under its lock (Python
@@ -366,19 +372,17 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
     if (UNLIKELY(ok <= 0))
         goto slow_or_error;
     /* From here to the end, no Python code runs: this is the critical section. */
-    if (UNLIKELY((connpool = PyObject_GetAttr(conn, s_pool)) == NULL
-        || (lending = PyObject_GetAttr(conn, s_pw_lending)) == NULL))
-        goto done;
-    if (UNLIKELY(connpool == Py_None || lending != self->checkout))
-        goto slow; /* given back during the block: the Python exit says so */
+    /* Its entry in _out is the lending's token while the lending lasts (borrowed). */
+    PyObject *lending = PyDict_GetItemWithError(desk->out, conn);
+    if (UNLIKELY(lending != self->checkout))
+        goto slow_or_error; /* given back during the block: the Python exit says so */
     if (UNLIKELY(!desk->fast))
         goto slow;
     double t;
     if (UNLIKELY(monotonic_now(&t) < 0))
         goto done;
-    ok = alive_at(conn, t);
-    if (UNLIKELY(ok <= 0))
-        goto slow_or_error;
+    if (UNLIKELY(t >= self->expire_at || self->drains != desk->drains))
+        goto slow; /* expired during the block, or drained: the Python exit retires it */
     PyObject *nconns = GET(pool_dict, s_nconns);
     PyObject *max_size = GET(pool_dict, s_max_size);
     if (UNLIKELY(nconns == NULL || max_size == NULL || !PyLong_CheckExact(nconns)
@@ -399,7 +403,7 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     Py_DECREF(put);
     desk->held[desk->nheld++] = t - PyFloat_AS_DOUBLE(self->checkout);
-    if (UNLIKELY(PyDict_DelItem(desk->out, conn) < 0 || PyObject_SetAttr(conn, s_pool, Py_None) < 0))
+    if (UNLIKELY(PyDict_DelItem(desk->out, conn) < 0 || PyObject_GenericSetAttr(conn, s_pool, Py_None) < 0))
         goto done; /* not reached: both entries exist (the token matched) */
     Py_SETREF(self->conn, Py_NewRef(Py_None));
     result = Py_NewRef(Py_None);
@@ -411,8 +415,6 @@ slow:
     result = exit_slow(self, args);
 done:
     Py_DECREF(conn);
-    Py_XDECREF(connpool);
-    Py_XDECREF(lending);
     return result;
 }
 
@@ -518,6 +520,7 @@ Borrow_set_checkout(Borrow *self, PyObject *value, void *Py_UNUSED(closure))
         return -1;
     }
     Py_SETREF(self->checkout, Py_NewRef(value));
+    self->expire_at = 0.0; /* the Python enter's lending: the exit asks Python */
     return 0;
 }
 
@@ -597,6 +600,8 @@ Desk_lend(Desk *self, PyObject *const *args, Py_ssize_t nargs)
     borrow->timeout = Py_NewRef(nargs ? args[0] : Py_None);
     borrow->conn = Py_NewRef(Py_None);
     borrow->checkout = Py_NewRef(Py_None);
+    borrow->expire_at = 0.0;
+    borrow->drains = 0;
     PyObject_GC_Track(borrow);
     return (PyObject *)borrow;
 }
@@ -722,6 +727,8 @@ static PyMemberDef Desk_members[] = {
     {"fast", T_BOOL, offsetof(Desk, fast), 0, "whether blocks may lend here (_fast_borrow)"},
     {"instant", T_LONGLONG, offsetof(Desk, instant), 0,
      "lendings here not yet added to the pool's _instant"},
+    {"drains", T_ULONGLONG, offsetof(Desk, drains), 0,
+     "drain() adds one, so that blocks lent before it read _expire_at again"},
     {"held", T_PYSSIZET, offsetof(Desk, nheld), READONLY,
      "how many hold times wait here for move_holds()"},
     {NULL},
@@ -837,7 +844,6 @@ PyInit__hot(void)
     INTERN(s_popleft, "popleft");
     INTERN(s_idle_ran_out, "_idle_ran_out");
     INTERN(s_out, "_out");
-    INTERN(s_pw_lending, "_pw_lending");
     INTERN(s_pool, "_pool");
     INTERN(s_pgconn, "pgconn");
     INTERN(s_transaction_status, "transaction_status");

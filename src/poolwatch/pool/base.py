@@ -26,10 +26,10 @@ Concurrency: what the design relies on (and why it holds on free-threaded CPytho
 - Reads outside the lock are single loads of one attribute or one dict item, which are
   atomic on every CPython build: the fast-path switches (`_fast_checkout`,
   `_open_implicit`, `_reset`; `_fast_borrow`, which a `connection()` block reads under
-  the lock), a connection's libpq transaction status, a `_Borrow`'s
-  reads of its connection's `_pw_lending` and `_pool` (written under the lock, see
+  the lock), a connection's libpq transaction status, a `_Borrow`'s read of its
+  connection's entry in `_out` (its lending's token, written under the lock, see
   `_checkout_locked`; only the owner of a lending can end it, so while the block still
-  owns its connection no other thread writes them), and `waiter.conn`. `assign` sets the waiter
+  owns its connection no other thread changes it), and `waiter.conn`. `assign` sets the waiter
   settled and its connection under the pool lock, then wakes it; a waiter that reads
   no connection (it timed out first) settles under the lock, where it finds any
   connection assigned meanwhile.
@@ -668,22 +668,17 @@ class BasePool:
     def _checkout_locked(self, conn: Any, now: float) -> None:
         """Mark *conn* as handed out at *now*.
 
-        The start time, kept on the connection too, is the token of this lending: the
-        very float object, which a `connection()` block keeps referenced, so no later
-        lending can have it. The block compares it at its end to learn whether its
-        connection was given back (and maybe lent again) meanwhile. Wherever *conn*
-        enters `_out`, `_pw_lending` follows, under the lock, and wherever it leaves,
-        `_pw_lending` becomes None, except on the fast return to the idle list, which
-        clears `_pool` instead (a lent connection always has its `_pool` set). Two
-        attribute reads cost the block less than one dictionary look-up.
+        The start time, its value in `_out`, is the token of this lending: the very
+        float object, which a `connection()` block keeps referenced, so no later
+        lending can have it. The block compares `_out.get(conn)` with it at its end to
+        learn whether its connection was given back (and maybe lent again) meanwhile.
         """
-        self._out[conn] = conn._pw_lending = now
+        self._out[conn] = now
 
     def _uncheckout_locked(self, conn: Any, now: float) -> None:
         """Undo a checkout the user never saw (the request gave up, or the check failed)."""
         t_out = self._out.pop(conn, None)
         if t_out is not None:
-            conn._pw_lending = None
             self._end_checkout_locked(t_out, now)
         self._leak_stacks.pop(conn, None)
         self._sites.pop(conn, None)
@@ -701,7 +696,6 @@ class BasePool:
 
     def _checked_in_locked(self, conn: Any, t_out: float, now: float, *, still_used: bool) -> float:
         """`_checkin_locked` after *conn* left the checked-out list (it was out since *t_out*)."""
-        conn._pw_lending = None
         self._end_checkout_locked(t_out, now)
         use = now - t_out
         self._agg.use.observe(use)
@@ -838,7 +832,6 @@ class BasePool:
         # Up to 5% shorter, so that connections opened together do not all expire together.
         conn._expire_at = now + jitter(self.max_lifetime, -0.05, 0.0)
         conn._pw_owner = weakref.ref(self)
-        conn._pw_lending = None  # the token of its current lending: see _checkout_locked
 
     def _connect_failed_locked(self, seconds: float, error: BaseException) -> None:
         self._agg.connect["error"].observe(seconds)
@@ -888,8 +881,7 @@ class BasePool:
         self._desk = None
         now = monotonic()
         self._advance_used_locked(now)  # what was used until now stays counted
-        for conn, t_out in self._out.items():
-            conn._pw_lending = None
+        for t_out in self._out.values():
             self._end_checkout_locked(t_out, now)
         self._closed = True
         self._idle.clear()

@@ -439,7 +439,7 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
                 conn = idle.popleft()
                 if not idle:
                     self._idle_ran_out = True
-                self._out[conn] = conn._pw_lending = now
+                self._out[conn] = now
                 if self._site_of is not None:  # call-site attribution, a few hundred ns
                     self._sites[conn] = self._site_of()
                 if t0 is None:
@@ -715,11 +715,8 @@ class AsyncConnectionPool(AsyncPoolUpkeep[ACT]):
                         # Straight to the first request still waiting; one that gave up
                         # first refuses it, and the next one is asked.
                         if waiting.popleft().assign(conn):
-                            self._out[conn] = conn._pw_lending = now  # type: ignore[attr-defined]
+                            self._out[conn] = now
                             return
-                    # _pw_lending keeps the ended lending's token: an idle connection
-                    # is told apart by _pool (see _AsyncBorrow.__aexit__), which saves
-                    # a store here.
                     conn._pool = None
                     self._idle_put(conn)
                     if self._pool_full_event is not None:
@@ -791,7 +788,7 @@ class _AsyncBorrow(Generic[ACT]):
                 conn = idle.popleft()
                 if not idle:
                     pool._idle_ran_out = True
-                pool._out[conn] = conn._pw_lending = self._checkout = now
+                pool._out[conn] = self._checkout = now
                 pool._instant += 1
                 conn._pool = pool
                 self._conn = conn
@@ -815,7 +812,7 @@ class _AsyncBorrow(Generic[ACT]):
         self._conn = conn
         # The token of this lending (see BasePool._checkout_locked); None if another
         # thread has already given the connection back.
-        self._checkout = conn._pw_lending  # type: ignore[attr-defined]
+        self._checkout = self._pool._out.get(conn)
         return conn
 
     async def __aexit__(
@@ -831,18 +828,17 @@ class _AsyncBorrow(Generic[ACT]):
         # enter it again and store its own lending's token here.
         checkout = self._checkout
         self._conn = None
-        # _pool first: another thread may lend the connection again between the two
-        # reads. A token read after _pool was seen set is this lending's only while the
-        # block still owns the connection (a token, once replaced, never comes back);
-        # read first, it could be the one a fast return leaves on an idle connection,
-        # and _pool, read after, that of the connection's next borrower.
-        if conn._pool is None or conn._pw_lending is not checkout:  # type: ignore[attr-defined]
+        # One read of one dict item, atomic on every build: the connection's entry in
+        # _out is this lending's token until the lending ends, and a token, once
+        # replaced, never comes back (the block keeps it referenced). None: the
+        # connection was given back before the enter read its token.
+        pool = self._pool
+        if checkout is None or pool._out.get(conn) is not checkout:
             # Given back during the block (conn.close() with close_returns=True), and
             # maybe lent to someone else already: a commit or rollback here would end
             # their transaction, a return would take their connection. Nothing to do.
             logger.debug("connection given back before the end of its block: %s", conn)
             return
-        pool = self._pool
         if exc_type is None and conn.pgconn.transaction_status == IDLE:
             # putconn()'s fast path again, inlined: with no transaction open and no
             # error, psycopg's connection exit would do nothing, and a call to putconn()
@@ -862,7 +858,7 @@ class _AsyncBorrow(Generic[ACT]):
                     waiting = pool._waiting
                     while waiting:
                         if waiting.popleft().assign(conn):
-                            pool._out[conn] = conn._pw_lending = now  # type: ignore[attr-defined]
+                            pool._out[conn] = now
                             return
                     conn._pool = None
                     pool._idle_put(conn)

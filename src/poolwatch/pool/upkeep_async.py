@@ -145,6 +145,8 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
             now = self._drained_at = monotonic()
             for conn in self._out:  # so that putconn's fast path retires them too
                 conn._expire_at = 0.0
+            if self._desk is not None:  # and the compiled blocks' exits, which keep it
+                self._desk.drains += 1
             while self._idle:
                 self._retire_locked(self._idle.popleft(), "drain", now, replace=True)
         self._flush_notifications()
