@@ -12,7 +12,9 @@ tests/pool/test_exactness.py).
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import subprocess
 import sys
 import sysconfig
@@ -26,6 +28,7 @@ import psycopg
 import pytest
 
 from poolwatch import ConnectionPool
+from poolwatch.observe import Histogram
 from poolwatch.pool import _compiled
 from poolwatch.pool import pool as sync_pool
 from poolwatch.pool.base import HOLDS_FOLD_AT
@@ -58,11 +61,11 @@ def fallbacks() -> Iterator[Counter[str]]:
         calls["exit"] += 1
         return exit_(block, *args)
 
-    set_fallbacks(counted_enter, counted_exit, HOLDS_FOLD_AT)
+    set_fallbacks(counted_enter, counted_exit)
     try:
         yield calls
     finally:
-        set_fallbacks(enter, exit_, HOLDS_FOLD_AT)
+        set_fallbacks(enter, exit_)
 
 
 @pytest.fixture
@@ -70,15 +73,7 @@ def pool(compiled_pool: ConnectionPool[Any]) -> ConnectionPool[Any]:
     return compiled_pool  # tests/pool/conftest.py
 
 
-def test_plain_blocks_take_the_compiled_path_and_count_exactly(pool, fallbacks, monkeypatch):
-    folds = Counter[str]()
-    fold = pool._fold_holds
-
-    def counted_fold() -> None:
-        folds["fold"] += 1
-        fold()
-
-    monkeypatch.setattr(pool, "_fold_holds", counted_fold)
+def test_plain_blocks_take_the_compiled_path_and_count_exactly(pool, fallbacks):
     blocks = 3 * HOLDS_FOLD_AT + 5
     before = time.monotonic()
     for i in range(blocks):
@@ -86,15 +81,14 @@ def test_plain_blocks_take_the_compiled_path_and_count_exactly(pool, fallbacks, 
             if i % 100 == 0:
                 conn.execute("SELECT 1")
     after = time.monotonic()
-    # No block went to Python. The desk keeps the hold times (C doubles); the return
-    # that finds it full has the pool fold them first.
+    # No block went to Python. The desk counts the hold times in its own buckets,
+    # however many: nothing grows, so nothing needs folding before a read.
     assert fallbacks["enter"] == 0
     assert fallbacks["exit"] == 0
-    assert folds["fold"] == 3
-    assert pool._desk.held == 5 and pool._holds == []
+    assert pool._desk.held == blocks and pool._holds == []
     agg = pool.aggregates()
     assert pool._desk.instant == 0  # the read added them to _instant
-    assert pool._desk.held == 0  # and moved the hold times
+    assert pool._desk.held == 0  # and the hold times to the use histogram
     assert agg.requests == blocks
     assert agg.acquire["ok"].count == blocks
     assert agg.acquire["ok"].counts[0] == blocks  # none waited
@@ -261,7 +255,7 @@ def test_the_lock_is_read_as_its_byte_where_the_layout_matches():
     assert _hot.READS_LOCK_BYTE is (sys.version_info < (3, 13))
 
 
-def test_the_desk_keeps_hold_times_until_the_fold_moves_them(pool):
+def test_the_desk_keeps_hold_times_until_a_read_folds_them(pool):
     desk = pool._desk
     start = pool.aggregates().use  # and the desk is empty
     held = []
@@ -271,41 +265,45 @@ def test_the_desk_keeps_hold_times_until_the_fold_moves_them(pool):
             pass
         held.append(time.monotonic() - t0)
     assert desk.held == 7 and pool._holds == []
-    with pytest.raises(TypeError, match="list"):
-        desk.move_holds((1.0,))
-    assert desk.held == 7  # refused: nothing moved
+    with pytest.raises(TypeError, match="list of 22 counts"):
+        desk.fold_holds([0] * 3)
+    with pytest.raises(TypeError, match="list of 22 counts"):
+        desk.fold_holds(tuple(start.counts))
+    assert desk.held == 7  # refused: nothing folded
     use = pool.aggregates().use
     assert desk.held == 0 and pool._holds == []
     assert use.count - start.count == 7
     # each hold lies inside the interval measured around its block
     assert 0.0 <= use.sum - start.sum <= sum(held) + 1e-9
-    moved: list[float] = []
-    desk.move_holds(moved)  # nothing left to move
-    assert moved == []
+    counts = [0] * 22
+    assert desk.fold_holds(counts) == 0.0  # nothing left to fold
+    assert counts == [0] * 22
 
 
-def test_a_fold_that_raises_still_gives_the_connection_back(pool, monkeypatch):
-    # The give-back that finds the desk full asks the pool to fold first: Python
-    # code, where a signal handler can raise (KeyboardInterrupt) or memory run out.
-    # The error must reach the caller, and the connection must still go back.
-    start = pool.aggregates().use.count
-    for _ in range(HOLDS_FOLD_AT):
-        with pool.connection():
-            pass
-    assert pool._desk.held == HOLDS_FOLD_AT  # full: the next give-back folds first
-    fold = pool._fold_holds
+@pytest.mark.parametrize("seed", range(3))
+def test_the_desk_buckets_hold_times_as_the_histogram_does(pool, seed):
+    rng = random.Random(seed)
+    bounds = pool._agg.use.bounds
+    # Every bound itself, just either side of it, zero, and values across the range.
+    values = [0.0, 1e-9, 1e9, *bounds]
+    values += [math.nextafter(b, -math.inf) for b in bounds]
+    values += [math.nextafter(b, math.inf) for b in bounds]
+    values += [10 ** rng.uniform(-7, 3.5) for _ in range(2000)]
+    expected = Histogram(bounds)
+    desk = sync_pool._DESK(pool, bounds)  # a desk of its own: the pool's stays as it is
+    for value in values:
+        expected.observe(value)
+        desk.count_hold(value)
+    counts = [0] * (len(bounds) + 1)
+    seconds = desk.fold_holds(counts)
+    assert counts == expected.counts
+    assert math.isclose(seconds, expected.sum, rel_tol=1e-12)
 
-    def interrupted() -> None:
-        monkeypatch.setattr(pool, "_fold_holds", fold)  # once
-        raise KeyboardInterrupt
 
-    monkeypatch.setattr(pool, "_fold_holds", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        with pool.connection() as conn:
-            pass
-    assert conn._pool is None and conn not in pool._out
-    snap = pool.snapshot()
-    assert (snap.used, snap.idle) == (0, 2)
-    assert pool.aggregates().use.count - start == HOLDS_FOLD_AT + 1  # none lost
-    with pool.connection() as again:  # and the pool goes on
-        assert again is not None
+def test_a_desk_refuses_bounds_out_of_order(pool):
+    with pytest.raises(ValueError, match="ascending"):
+        sync_pool._DESK(pool, (1.0, 0.5))
+    with pytest.raises(ValueError, match="ascending"):
+        sync_pool._DESK(pool, (0.5, math.nan))
+    with pytest.raises(TypeError):
+        sync_pool._DESK(pool, [0.5, 1.0])

@@ -263,7 +263,7 @@ def test_a_forked_child_keeps_the_counts_of_the_compiled_blocks(pool):
     # The compiled blocks count their requests in the desk until a reader folds them
     # into the pool; the child drops the desk (it holds the old lock): dropped with
     # it, the requests made before the fork vanished from the child's counters.
-    blocks = 25  # fewer than HOLDS_FOLD_AT: nothing folds them before the fork
+    blocks = 25  # no reader: nothing folds them before the fork
     before = pool.get_stats().get("requests_num", 0)  # reported once non-zero
     for _ in range(blocks):
         with pool.connection():
@@ -342,8 +342,7 @@ def test_a_failed_allocation_leaves_the_pool_as_it_was(dsn):
             for k in range(6):
                 for i in range(300):
                     if i % 50 == 0:
-                        # A reader folds the hold times: no give-back reaches the
-                        # fold, which is Python code (where any allocation may fail).
+                        # A reader folds the desk's counts now and then, as in use.
                         pool.aggregates()
                     block = pool.connection()
                     if side == "enter":
@@ -387,6 +386,7 @@ def test_a_failed_allocation_leaves_the_pool_as_it_was(dsn):
     assert child.returncode == 0, (child.returncode, child.stdout, child.stderr[-3000:])
     word, enter_failures, exit_failures = child.stdout.split()
     # The scan reached failures in the take, or it proved nothing. The give-back
-    # allocates nothing (its hold time is a C double, the deque reuses its blocks), so
+    # allocates nothing (its hold time goes to the desk's C counts, the deque reuses
+    # its blocks), so
     # no failure can be injected there: if one could, it must leave the pool as it was.
     assert word == "ok" and int(enter_failures) > 0 and int(exit_failures) == 0, child.stdout

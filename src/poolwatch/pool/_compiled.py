@@ -17,8 +17,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .base import HOLDS_FOLD_AT
-
 #: Set to 1 to make every pool use the Python blocks (to compare, or to rule the
 #: compiled path out when looking for a fault).
 PURE_PYTHON_VARIABLE = "POOLWATCH_PURE_PYTHON"
@@ -40,7 +38,7 @@ def load(block_class: Any) -> Any:
         from ._hot import Desk, set_fallbacks
     except ImportError:
         return None
-    set_fallbacks(block_class.__enter__, block_class.__exit__, HOLDS_FOLD_AT)
+    set_fallbacks(block_class.__enter__, block_class.__exit__)
     return Desk
 
 
@@ -65,7 +63,7 @@ def desk_for(desk_type: Any, pool: Any) -> Any:
         return None
     if not identity_keyed(pool.connection_class):
         return None
-    return desk_type(pool)
+    return desk_type(pool, pool._agg.use.bounds)
 
 
 def identity_keyed(cls: type) -> bool:

@@ -24,16 +24,15 @@
      and nothing dropped here has a finaliser (a block's _checkout is a float or None).
    - An allocation that fails leaves the pool as it was: whatever can fail comes
      before the first change, or is undone (tests/pool/test_compiled_redteam.py).
-     The give-back allocates nothing: its hold time goes to the desk's own buffer of C
-     doubles, which the pool's fold (`_fold_holds_locked`, under the lock) moves to
-     its `_holds`; the give-back that finds the buffer full asks the pool to fold
-     first, before its critical section.
+     The give-back allocates nothing: it counts its hold time in the desk's own copy
+     of the use histogram (C counts and a C sum), which the pool's fold
+     (`_fold_holds_locked`, under the lock, run by every reader) adds to its own.
    - Why the fast path is kept small, its slow branches marked unlikely and the slow
      calls cold: with the same instruction count as a minimal Python pool, the
      blocks cost the client more CPU per query through first-level cache misses
      (benchmarks/cache_profile.py), so code and data touched per block matter.
    - Anything else (a busy lock, no idle connection, an expiring connection, a
-     waiter, an exception, an open transaction, a fold of the hold times due, a check
+     waiter, an exception, an open transaction, a check
      or reset callback, call sites...) goes to the Python `_Borrow.__enter__` or
      `__exit__`, which do the general work under the lock. Those are given to
      `set_fallbacks` when pool.py is imported.
@@ -62,12 +61,11 @@ static PyTypeObject *deque_type = NULL; /* collections.deque */
 static PyTypeObject *lock_type = NULL;  /* _thread.lock */
 static PyObject *fallback_exit = NULL;  /* _Borrow.__exit__ */
 static PyObject *time_monotonic = NULL;
-static Py_ssize_t holds_fold_at = 1024;
 
 static PyObject *s_lock, *s_locked, *s_idle, *s_expire_at, *s_popleft,
     *s_idle_ran_out, *s_out, *s_pool, *s_pgconn,
     *s_transaction_status, *s_nconns, *s_max_size, *s_waiting, *s_idle_put,
-    *s_connection_class, *s_fold_holds;
+    *s_connection_class;
 
 /* One per pool: the pool's containers, which it never replaces. The pool refers to
    its desk, so the desk refers to the pool only weakly and not to its dictionary:
@@ -85,8 +83,14 @@ typedef struct {
     PyObject *idle_put;
     PyObject *idle_take; /* the bound idle.popleft */
     PyObject *locked; /* the bound lock.locked */
-    double *held;     /* hold times of the blocks ended here, not yet in the pool's _holds */
-    Py_ssize_t nheld, held_cap;
+    /* The blocks ended here not yet in the pool's use histogram: their hold times
+       counted in the histogram's buckets (counts[i]: times <= bounds[i], the last
+       +Inf), their sum and number. */
+    double *bounds;
+    long long *counts;
+    Py_ssize_t nbounds;
+    double held_sum;
+    long long nheld;
     char fast;        /* the pool's _fast_borrow, which _refresh_fast_paths copies here */
     long long instant; /* lendings here since the pool last added them to its _instant */
     unsigned long long drains; /* drain() adds one: it changes lent connections' _expire_at */
@@ -267,58 +271,18 @@ exit_slow(Borrow *self, PyObject *const *args)
     return PyObject_Vectorcall(fallback_exit, call, 4, NULL);
 }
 
-/* The pending exception, normalised, as a new reference (and none is pending). */
-static PyObject *
-take_error(void)
+/* One hold time into the desk's histogram: the bucket bisect_left(bounds, held)
+   picks, as Histogram.observe does (bounds ascending, checked by Desk_new). */
+static inline void
+count_hold(Desk *desk, double held)
 {
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyErr_GetRaisedException();
-#else
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL && value != NULL)
-        PyException_SetTraceback(value, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    return value;
-#endif
-}
-
-/* Raise *exc* again (steals the reference). */
-static void
-give_error(PyObject *exc)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    PyErr_SetRaisedException(exc);
-#else
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
-#endif
-}
-
-/* The fold before a give-back raised (a signal handler's KeyboardInterrupt, a
-   MemoryError): give the connection back through the Python exit all the same, then
-   raise the fold's error (or the exit's, with the fold's as its context). NULL. */
-static COLD PyObject *
-exit_after_error(Borrow *self, PyObject *const *args)
-{
-    PyObject *error = take_error();
-    if (error == NULL) /* not reached: called with an error pending */
-        return exit_slow(self, args);
-    PyObject *result = exit_slow(self, args);
-    if (result != NULL) {
-        Py_DECREF(result);
-        give_error(error);
-        return NULL;
-    }
-    PyObject *later = take_error();
-    if (later == NULL) { /* not reached: exit_slow failed, so an error is pending */
-        give_error(error);
-        return NULL;
-    }
-    PyException_SetContext(later, error); /* steals error */
-    give_error(later);
-    return NULL;
+    Py_ssize_t i = 0, n = desk->nbounds;
+    const double *bounds = desk->bounds;
+    while (i < n && held > bounds[i])
+        i++;
+    desk->counts[i]++;
+    desk->held_sum += held;
+    desk->nheld++;
 }
 
 /* 1 if the connection has no transaction open, 0 if it has, -1 on error. */
@@ -354,16 +318,6 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
     Py_INCREF(conn);
     PyObject *pool_dict = self->pool_dict, *result = NULL;
     int ok;
-    if (desk->nheld >= desk->held_cap) {
-        /* The pool moves them to its _holds and folds them, under its lock (Python
-           code, so before the section). */
-        PyObject *folded = PyObject_CallMethodNoArgs(self->pool, s_fold_holds);
-        if (UNLIKELY(folded == NULL)) {
-            result = exit_after_error(self, args);
-            goto done;
-        }
-        Py_DECREF(folded);
-    }
     /* psycopg's pure-Python PGconn runs Python code here: so before the section. */
     ok = transaction_idle(conn);
     if (UNLIKELY(ok <= 0))
@@ -393,8 +347,6 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
         goto slow_or_error; /* more connections than wanted: the Python exit closes one */
     if (UNLIKELY(Py_SIZE(desk->waiting) != 0))
         goto slow; /* a waiter: the hand-off runs Python code */
-    if (UNLIKELY(desk->nheld >= desk->held_cap))
-        goto slow; /* filled by other threads since the fold above: Python keeps this one */
     /* What can fail (an allocation: the deque growing) comes first, so that an error
        leaves the pool as it was; the lending (in _out since the take) is then still
        the block's. */
@@ -402,7 +354,7 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
     if (UNLIKELY(put == NULL))
         goto done;
     Py_DECREF(put);
-    desk->held[desk->nheld++] = t - PyFloat_AS_DOUBLE(self->checkout);
+    count_hold(desk, t - PyFloat_AS_DOUBLE(self->checkout));
     if (UNLIKELY(PyDict_DelItem(desk->out, conn) < 0 || PyObject_GenericSetAttr(conn, s_pool, Py_None) < 0))
         goto done; /* not reached: both entries exist (the token matched) */
     Py_SETREF(self->conn, Py_NewRef(Py_None));
@@ -616,17 +568,35 @@ required(PyObject *pool, PyObject *name)
 static PyObject *
 Desk_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *pool;
-    static char *kwlist[] = {"pool", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O", kwlist, &pool))
+    PyObject *pool, *bounds;
+    static char *kwlist[] = {"pool", "bounds", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!", kwlist, &pool, &PyTuple_Type, &bounds))
         return NULL;
     Desk *self = (Desk *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    self->held_cap = holds_fold_at > 0 ? holds_fold_at : 1;
-    if ((self->held = PyMem_New(double, self->held_cap)) == NULL) {
+    Py_ssize_t n = PyTuple_GET_SIZE(bounds);
+    self->bounds = PyMem_New(double, n > 0 ? n : 1);
+    self->counts = PyMem_New(long long, n + 1);
+    if (self->bounds == NULL || self->counts == NULL) {
         Py_DECREF(self);
         return PyErr_NoMemory();
+    }
+    self->nbounds = n;
+    for (Py_ssize_t i = 0; i <= n; i++)
+        self->counts[i] = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double bound = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, i));
+        if (bound == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        if (!(i == 0 || bound > self->bounds[i - 1])) { /* NaN fails this too */
+            PyErr_SetString(PyExc_ValueError, "the desk's bounds must be ascending numbers");
+            Py_DECREF(self);
+            return NULL;
+        }
+        self->bounds[i] = bound;
     }
     if ((self->pool_ref = PyWeakref_NewRef(pool, NULL)) == NULL
         || (self->conn_type = required(pool, s_connection_class)) == NULL
@@ -687,37 +657,76 @@ Desk_dealloc(Desk *self)
 {
     PyObject_GC_UnTrack(self);
     Desk_clear(self);
-    PyMem_Free(self->held);
+    PyMem_Free(self->bounds);
+    PyMem_Free(self->counts);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* desk.move_holds(holds): append the hold times kept here to the list *holds* (the
-   pool's _holds, under its lock), and forget them; on an error, the list and the desk
-   are as they were. */
+/* desk.fold_holds(counts) -> float: add the hold times counted here to *counts* (the
+   pool's use histogram's, under its lock), forget them, and return their sum; on an
+   error, the list and the desk are as they were. */
 static PyObject *
-Desk_move_holds(Desk *self, PyObject *holds)
+Desk_fold_holds(Desk *self, PyObject *counts)
 {
-    if (!PyList_CheckExact(holds)) {
-        PyErr_SetString(PyExc_TypeError, "move_holds() takes a list");
+    Py_ssize_t n = self->nbounds + 1;
+    if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) != n) {
+        PyErr_Format(PyExc_TypeError, "fold_holds() takes a list of %zd counts", n);
         return NULL;
     }
-    Py_ssize_t before = PyList_GET_SIZE(holds);
-    for (Py_ssize_t i = 0; i < self->nheld; i++) {
-        PyObject *held = PyFloat_FromDouble(self->held[i]);
-        int err = held == NULL ? -1 : PyList_Append(holds, held);
-        Py_XDECREF(held);
-        if (err < 0) {
-            PyList_SetSlice(holds, before, PyList_GET_SIZE(holds), NULL); /* shrinks */
-            return NULL;
-        }
+    PyObject *sum = PyFloat_FromDouble(self->held_sum);
+    PyObject **added = PyMem_New(PyObject *, n);
+    if (sum == NULL || added == NULL) {
+        Py_XDECREF(sum);
+        PyMem_Free(added);
+        return PyErr_NoMemory();
     }
+    /* Every new count is made before any is stored: all or nothing. */
+    Py_ssize_t made = 0;
+    for (; made < n; made++) {
+        PyObject *count = PyList_GET_ITEM(counts, made), *now = NULL;
+        PyObject *more = PyLong_FromLongLong(self->counts[made]);
+        if (more != NULL) {
+            now = PyNumber_Add(count, more);
+            Py_DECREF(more);
+        }
+        if (now == NULL)
+            break;
+        added[made] = now;
+    }
+    if (made < n) {
+        for (Py_ssize_t i = 0; i < made; i++)
+            Py_DECREF(added[i]);
+        PyMem_Free(added);
+        Py_DECREF(sum);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyList_SetItem(counts, i, added[i]); /* steals; drops the old int */
+        self->counts[i] = 0;
+    }
+    PyMem_Free(added);
+    self->held_sum = 0.0;
     self->nheld = 0;
+    return sum;
+}
+
+/* desk.count_hold(seconds): count one hold time as a block's end does (for tests). */
+static PyObject *
+Desk_count_hold(Desk *self, PyObject *seconds)
+{
+    double held = PyFloat_AsDouble(seconds);
+    if (held == -1.0 && PyErr_Occurred())
+        return NULL;
+    count_hold(self, held);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef Desk_methods[] = {
-    {"move_holds", (PyCFunction)Desk_move_holds, METH_O,
-     "move_holds(holds): append the hold times kept here to the list, and forget them."},
+    {"fold_holds", (PyCFunction)Desk_fold_holds, METH_O,
+     "fold_holds(counts): add the hold times counted here to the list of bucket counts, "
+     "forget them, and return their sum."},
+    {"count_hold", (PyCFunction)Desk_count_hold, METH_O,
+     "count_hold(seconds): count one hold time as a block's end does (for tests)."},
     {"lend", (PyCFunction)(void (*)(void))Desk_lend, METH_FASTCALL,
      "lend(timeout=None): a new connection() block."},
     {NULL},
@@ -729,14 +738,15 @@ static PyMemberDef Desk_members[] = {
      "lendings here not yet added to the pool's _instant"},
     {"drains", T_ULONGLONG, offsetof(Desk, drains), 0,
      "drain() adds one, so that blocks lent before it read _expire_at again"},
-    {"held", T_PYSSIZET, offsetof(Desk, nheld), READONLY,
-     "how many hold times wait here for move_holds()"},
+    {"held", T_LONGLONG, offsetof(Desk, nheld), READONLY,
+     "how many hold times wait here for fold_holds()"},
     {NULL},
 };
 
 static PyTypeObject DeskType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "poolwatch.pool._hot.Desk",
-    .tp_doc = "Desk(pool): the compiled blocks' references to one pool's state.",
+    .tp_doc = "Desk(pool, bounds): the compiled blocks' references to one pool's state, and their "
+               "hold times not yet folded (bounds: the use histogram's).",
     .tp_basicsize = sizeof(Desk),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = Desk_new,
@@ -751,18 +761,16 @@ static PyObject *
 set_fallbacks(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *enter, *exit_;
-    Py_ssize_t fold_at;
-    if (!PyArg_ParseTuple(args, "OOn", &enter, &exit_, &fold_at))
+    if (!PyArg_ParseTuple(args, "OO", &enter, &exit_))
         return NULL;
     Py_XSETREF(fallback_enter, Py_NewRef(enter));
     Py_XSETREF(fallback_exit, Py_NewRef(exit_));
-    holds_fold_at = fold_at;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
     {"set_fallbacks", set_fallbacks, METH_VARARGS,
-     "set_fallbacks(enter, exit, holds_fold_at): the Python block methods for the general case."},
+     "set_fallbacks(enter, exit): the Python block methods for the general case."},
     {NULL},
 };
 
@@ -852,7 +860,6 @@ PyInit__hot(void)
     INTERN(s_waiting, "_waiting");
     INTERN(s_idle_put, "_idle_put");
     INTERN(s_connection_class, "connection_class");
-    INTERN(s_fold_holds, "_fold_holds");
     PyObject *time = PyImport_ImportModule("time");
     if (time == NULL)
         return NULL;

@@ -13,10 +13,13 @@ Concurrency: what the design relies on (and why it holds on free-threaded CPytho
   `_compiled`) take and give back without the lock when it is free, as one sequence
   of C calls that runs no Python code: under the GIL no other thread can run between
   them, so it acts as a critical section. It writes what the Python blocks write
-  (idle deque, `_out`, `_idle_ran_out`, the connection's token), except two things
-  it keeps in its desk: its instant requests (`_desk.instant`) and its hold times (C
-  doubles), both of which `_fold_holds_locked` takes in. It reads `_desk.fast` for
-  `_fast_borrow`. It is not built on free-threaded CPython, where the Python blocks run.
+  (idle deque, `_out` and its lending's token, `_idle_ran_out`, the connection's
+  `_pool`), except two things it keeps in its desk: its instant requests
+  (`_desk.instant`) and its hold times (counted in the desk's copy of the use
+  histogram's buckets), both of which `_fold_holds_locked` takes in. It reads
+  `_desk.fast` for `_fast_borrow`, and trusts the connection's `_expire_at` read at
+  the take until `_desk.drains` changes. It is not built on free-threaded CPython,
+  where the Python blocks run.
 - The claim itself needs that lock anyway (pop an idle connection and record the
   checkout as one step), so the counters ride in the same short critical section:
   per-thread or striped counters summed at scrape time would add a thread-local look-up
@@ -339,9 +342,10 @@ class BasePool:
         # increment there instead of two; `aggregates()` and the stats add it back in.
         self._instant = 0
         # A sync pool's compiled blocks (`_compiled`), None if it has none. They count
-        # their instant requests in `desk.instant`, which the fold adds to _instant, keep
-        # their hold times in the desk (`desk.held` of them), which the fold moves to
-        # _holds, and read their own copy of _fast_borrow, `desk.fast`.
+        # their instant requests in `desk.instant`, which the fold adds to _instant,
+        # count their hold times in the desk's own buckets (`desk.held` of them), which
+        # the fold adds to the use histogram, and read their own copy of _fast_borrow,
+        # `desk.fast`.
         self._desk: Any = None
         self._stats_base: dict[str, int] = {}
         self._drained_at = 0.0
@@ -605,11 +609,6 @@ class BasePool:
             self._used_reported = total
         return self._used_reported
 
-    def _fold_holds(self) -> None:
-        """`_fold_holds_locked` under the lock: a compiled block calls it when its desk is full."""
-        with self._lock:
-            self._fold_holds_locked()
-
     def _fold_holds_locked(self) -> None:
         """Add the hold times the fast returns have kept (in `_holds`, and in the
         compiled blocks' desk) to the use histogram and to the seconds of ended
@@ -621,8 +620,10 @@ class BasePool:
             if desk.instant:
                 self._instant += desk.instant
                 desk.instant = 0
-            if desk.held:  # the compiled blocks keep their hold times as C doubles
-                desk.move_holds(holds)
+            if desk.held:  # the compiled blocks count theirs in the desk's buckets
+                seconds = desk.fold_holds(self._agg.use.counts)
+                self._out_done += seconds
+                self._agg.use.sum += seconds
         if holds:
             self._out_done += sum(holds)
             self._agg.use.observe_all(holds)
