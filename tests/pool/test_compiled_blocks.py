@@ -307,3 +307,18 @@ def test_a_desk_refuses_bounds_out_of_order(pool):
         sync_pool._DESK(pool, (0.5, math.nan))
     with pytest.raises(TypeError):
         sync_pool._DESK(pool, [0.5, 1.0])
+
+
+def test_a_compiled_take_that_empties_the_idle_list_keeps_the_pool_from_shrinking(dsn):
+    # The compiled take notes in its desk that it emptied the idle list; the max_idle
+    # tick must see it even when nothing read the pool in between.
+    with ConnectionPool(dsn, min_size=2, max_size=2, max_idle=3600, name="ran-out") as p:
+        p.wait(timeout=30)
+        p.resize(1, 2)  # above min_size: a tick may close one
+        p._shrink_pool()  # a period starts with the idle list full
+        with p.connection(), p.connection():
+            assert p._desk.ran_out  # the second take emptied it
+        p._shrink_pool()
+        assert p._nconns == 2  # it ran out during the period: nothing closed
+        p._shrink_pool()
+        assert p._nconns == 1  # a whole period with idle connections: one closed

@@ -22,7 +22,7 @@ from typing import Any
 PURE_PYTHON_VARIABLE = "POOLWATCH_PURE_PYTHON"
 
 # What the compiled blocks read or write with the GIL as their only lock.
-_POOL_ATTRIBUTES = ("_idle_ran_out", "_nconns", "_max_size")
+_POOL_ATTRIBUTES = ("_nconns", "_max_size")
 _CONNECTION_ATTRIBUTES = ("_expire_at", "_pool", "pgconn")
 
 

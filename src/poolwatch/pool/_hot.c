@@ -63,7 +63,7 @@ static PyObject *fallback_exit = NULL;  /* _Borrow.__exit__ */
 static PyObject *time_monotonic = NULL;
 
 static PyObject *s_lock, *s_locked, *s_idle, *s_expire_at, *s_popleft,
-    *s_idle_ran_out, *s_out, *s_pool, *s_pgconn,
+    *s_out, *s_pool, *s_pgconn,
     *s_transaction_status, *s_nconns, *s_max_size, *s_waiting, *s_idle_put,
     *s_connection_class;
 
@@ -92,6 +92,7 @@ typedef struct {
     double held_sum;
     long long nheld;
     char fast;        /* the pool's _fast_borrow, which _refresh_fast_paths copies here */
+    char ran_out;     /* a take here emptied the idle list: the pool's fold sets _idle_ran_out */
     long long instant; /* lendings here since the pool last added them to its _instant */
     unsigned long long drains; /* drain() adds one: it changes lent connections' _expire_at */
 } Desk;
@@ -246,9 +247,10 @@ Borrow_enter(Borrow *self, PyObject *Py_UNUSED(ignored))
     }
     Py_DECREF(taken); /* the same object as conn */
     Py_SETREF(self->checkout, now); /* the old one is None or a float: no finaliser */
-    if (UNLIKELY((n == 1 && PyDict_SetItem(pool_dict, s_idle_ran_out, Py_True) < 0)
-        || PyObject_GenericSetAttr(conn, s_pool, self->pool) < 0))
-        goto done;
+    if (UNLIKELY(PyObject_GenericSetAttr(conn, s_pool, self->pool) < 0))
+        goto done; /* not reached: set when it became idle, so replacing it allocates nothing */
+    if (n == 1)
+        desk->ran_out = 1;
     desk->instant++;
     self->expire_at = expire_at;
     self->taken_at = t;
@@ -737,6 +739,8 @@ static PyMethodDef Desk_methods[] = {
 
 static PyMemberDef Desk_members[] = {
     {"fast", T_BOOL, offsetof(Desk, fast), 0, "whether blocks may lend here (_fast_borrow)"},
+    {"ran_out", T_BOOL, offsetof(Desk, ran_out), 0,
+     "whether a take here emptied the idle list since the pool last looked"},
     {"instant", T_LONGLONG, offsetof(Desk, instant), 0,
      "lendings here not yet added to the pool's _instant"},
     {"drains", T_ULONGLONG, offsetof(Desk, drains), 0,
@@ -853,7 +857,6 @@ PyInit__hot(void)
     INTERN(s_idle, "_idle");
     INTERN(s_expire_at, "_expire_at");
     INTERN(s_popleft, "popleft");
-    INTERN(s_idle_ran_out, "_idle_ran_out");
     INTERN(s_out, "_out");
     INTERN(s_pool, "_pool");
     INTERN(s_pgconn, "pgconn");

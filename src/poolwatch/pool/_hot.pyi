@@ -4,6 +4,7 @@ from typing import Any
 
 class Desk:
     fast: bool
+    ran_out: bool
     instant: int
     drains: int
     @property

@@ -13,10 +13,10 @@ Concurrency: what the design relies on (and why it holds on free-threaded CPytho
   `_compiled`) take and give back without the lock when it is free, as one sequence
   of C calls that runs no Python code: under the GIL no other thread can run between
   them, so it acts as a critical section. It writes what the Python blocks write
-  (idle deque, `_out` and its lending's token, `_idle_ran_out`, the connection's
-  `_pool`), except two things it keeps in its desk: its instant requests
-  (`_desk.instant`) and its hold times (counted in the desk's copy of the use
-  histogram's buckets), both of which `_fold_holds_locked` takes in. It reads
+  (idle deque, `_out` and its lending's token, the connection's `_pool`), except
+  three things it keeps in its desk: its instant requests (`_desk.instant`), its hold
+  times (counted in the desk's copy of the use histogram's buckets) and whether it
+  emptied the idle list (`_desk.ran_out`), all of which `_fold_holds_locked` takes in. It reads
   `_desk.fast` for `_fast_borrow`, and trusts the connection's `_expire_at` read at
   the take until `_desk.drains` changes. It is not built on free-threaded CPython,
   where the Python blocks run.
@@ -612,7 +612,8 @@ class BasePool:
     def _fold_holds_locked(self) -> None:
         """Add the hold times the fast returns have kept (in `_holds`, and in the
         compiled blocks' desk) to the use histogram and to the seconds of ended
-        checkouts (a reader calls this first, under the lock).
+        checkouts, and take in the rest the desk keeps (its instant requests, whether
+        it emptied the idle list). Every reader calls this first, under the lock.
         """
         holds = self._holds
         desk = self._desk
@@ -620,6 +621,9 @@ class BasePool:
             if desk.instant:
                 self._instant += desk.instant
                 desk.instant = 0
+            if desk.ran_out:  # a compiled take emptied the idle list (see _shrink_pool)
+                self._idle_ran_out = True
+                desk.ran_out = False
             if desk.held:  # the compiled blocks count theirs in the desk's buckets
                 seconds = desk.fold_holds(self._agg.use.counts)
                 self._out_done += seconds

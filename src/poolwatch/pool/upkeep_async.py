@@ -377,6 +377,7 @@ class AsyncPoolUpkeep(Generic[ACT], BasePool):
     async def _shrink_pool(self) -> None:
         """Close one idle connection if some stayed unused for a whole max_idle period."""
         with self._lock:
+            self._fold_holds_locked()  # the compiled blocks' _idle_ran_out among the rest
             # The next period starts now, with the idle list as it is.
             ran_out, self._idle_ran_out = self._idle_ran_out, not self._idle
             if not (self._nconns > self._min_size and not ran_out and self._idle):
