@@ -210,12 +210,21 @@ def test_classes_that_run_python_on_attributes_get_the_python_blocks(dsn, connec
         assert p.aggregates().requests == 1
 
 
-def test_a_pool_class_with_a_property_gets_the_python_blocks(dsn):
-    with _PropertyPool(dsn, min_size=1, name="prop") as p:
-        assert p._desk is None
+def test_a_pool_class_with_a_property_keeps_the_compiled_blocks(dsn, fallbacks):
+    # The compiled blocks read no attribute of the pool (only the containers its desk
+    # took), so a property there runs no Python code in their critical sections.
+    with _PropertyPool(dsn, min_size=2, name="prop") as p:
+        p.wait(timeout=30)
+        assert p._desk is not None
         with p.connection():
             pass
+        assert fallbacks == {}
         assert p.aggregates().use.count == 1
+        with p.connection(), p.connection():
+            p.resize(1, 1)  # read through the property: the desk learns of the surplus
+            assert p._desk.surplus
+        assert (p._nconns, p.snapshot().idle) == (1, 1)
+        assert fallbacks["exit"] == 2 and not p._desk.surplus
 
 
 def test_a_closed_pool_refuses_through_python(dsn, fallbacks):

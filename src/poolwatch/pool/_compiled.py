@@ -5,11 +5,12 @@ pool lock, relying on the GIL instead (its header says how). setup.py builds it 
 GIL builds of CPython, as an optional extension: where it is missing (no compiler,
 PyPy, a free-threaded CPython) the Python blocks run, which take the lock.
 
-The compiled code reads and writes a few attributes of the pool and of its
-connections, and must run no Python code while it does: so it is used only when
-neither class can run Python code on those attributes (a property, `__setattr__`,
-`__getattribute__` or `__getattr__` of their own), nor the connection class as a
-dictionary key (a `__hash__` or `__eq__` of its own).
+The compiled code reads and writes a few attributes of the pool's connections, and
+must run no Python code while it does: so it is used only when the connection class
+can run no Python code on those attributes (a property, `__setattr__`,
+`__getattribute__` or `__getattr__` of its own), nor as a dictionary key (a `__hash__`
+or `__eq__` of its own). Of the pool it uses only the containers its desk takes when
+it is made (and calls the Python blocks' methods).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any
 #: compiled path out when looking for a fault).
 PURE_PYTHON_VARIABLE = "POOLWATCH_PURE_PYTHON"
 
-# What the compiled blocks read or write with the GIL as their only lock.
-_POOL_ATTRIBUTES = ("_nconns", "_max_size")
+# What the compiled blocks read or write with the GIL as their only lock (of the
+# pool, they only use the containers the desk took when it was made).
 _CONNECTION_ATTRIBUTES = ("_expire_at", "_pool", "pgconn")
 
 
@@ -56,8 +57,6 @@ def plain_attributes(cls: type, names: tuple[str, ...]) -> bool:
 def desk_for(desk_type: Any, pool: Any) -> Any:
     """A desk for *pool*, or None if its class or its connection class rule it out."""
     if desk_type is None:
-        return None
-    if not plain_attributes(type(pool), _POOL_ATTRIBUTES):
         return None
     if not plain_attributes(pool.connection_class, _CONNECTION_ATTRIBUTES):
         return None

@@ -16,9 +16,9 @@
    - The lock is tested by reading its `locked` byte where the layout is known to
      match (checked at import, see check_lock_layout), else by calling locked().
    - No Python code between the "lock is free" test and the last store: only C
-     attribute reads and stores on plain instances (ConnectionPool and the connection
-     class are checked once, with the connection class's hash and equality: see
-     _compiled.desk_for; a connection of any other class goes to Python), deque and
+     attribute reads and stores on connections of a plain class (checked once, with
+     its hash and equality: see _compiled.desk_for; a connection of any other class
+     goes to Python; of the pool, only the containers the desk took are used), deque and
      list and dict operations, and float and int arithmetic. No allocation here is of
      a GC-tracked object, so no collection (and no finaliser) can run in the middle,
      and nothing dropped here has a finaliser (a block's _checkout is a float or None).
@@ -64,7 +64,7 @@ static PyObject *time_monotonic = NULL;
 
 static PyObject *s_lock, *s_locked, *s_idle, *s_expire_at, *s_popleft,
     *s_out, *s_pool, *s_pgconn,
-    *s_transaction_status, *s_nconns, *s_max_size, *s_waiting, *s_idle_put,
+    *s_transaction_status, *s_waiting, *s_idle_put,
     *s_connection_class;
 
 /* One per pool: the pool's containers, which it never replaces. The pool refers to
@@ -93,6 +93,7 @@ typedef struct {
     long long nheld;
     char fast;        /* the pool's _fast_borrow, which _refresh_fast_paths copies here */
     char ran_out;     /* a take here emptied the idle list: the pool's fold sets _idle_ran_out */
+    char surplus;     /* _nconns > _max_size, which resize() and the fold write here */
     long long instant; /* lendings here since the pool last added them to its _instant */
     unsigned long long drains; /* drain() adds one: it changes lent connections' _expire_at */
 } Desk;
@@ -102,7 +103,6 @@ typedef struct {
     PyObject_HEAD
     Desk *desk;
     PyObject *pool;
-    PyObject *pool_dict; /* where the scalars the blocks read and write live */
     PyObject *timeout;
     PyObject *conn;
     PyObject *checkout; /* None or a float (the lending's token): nothing with a finaliser */
@@ -148,8 +148,6 @@ monotonic_now(double *out)
 #endif
 }
 
-/* d[name], borrowed; NULL with no error set if missing (then the general path runs). */
-#define GET(d, name) PyDict_GetItemWithError((d), (name))
 
 /* Before 3.13 a _thread.lock is this struct (Modules/_threadmodule.c), and locked()
    returns its `locked` byte. Reading the byte saves a call per block end; the layout
@@ -205,7 +203,7 @@ Borrow_enter(Borrow *self, PyObject *Py_UNUSED(ignored))
     Desk *desk = self->desk;
     if (desk == NULL)
         return enter_slow(self);
-    PyObject *idle = desk->idle, *pool_dict = self->pool_dict;
+    PyObject *idle = desk->idle;
     if (self->conn != Py_None || Py_SIZE(idle) <= 0) /* an exact deque: see Desk_new */
         return enter_slow(self); /* which raises if the block is open already */
     PyObject *result = NULL, *conn = NULL;
@@ -320,7 +318,7 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
         || !PyFloat_CheckExact(self->checkout))
         return exit_slow(self, args); /* not a connection this desk lent: Python decides */
     Py_INCREF(conn);
-    PyObject *pool_dict = self->pool_dict, *result = NULL;
+    PyObject *result = NULL;
     int ok;
     /* psycopg's pure-Python PGconn runs Python code here: so before the section. */
     ok = transaction_idle(conn);
@@ -341,14 +339,8 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     if (UNLIKELY(t >= self->expire_at || self->drains != desk->drains))
         goto slow; /* expired during the block, or drained: the Python exit retires it */
-    PyObject *nconns = GET(pool_dict, s_nconns);
-    PyObject *max_size = GET(pool_dict, s_max_size);
-    if (UNLIKELY(nconns == NULL || max_size == NULL || !PyLong_CheckExact(nconns)
-        || !PyLong_CheckExact(max_size)))
-        goto slow_or_error;
-    long have = PyLong_AsLong(nconns), wanted = PyLong_AsLong(max_size);
-    if (UNLIKELY(have > wanted || ((have == -1 || wanted == -1) && PyErr_Occurred())))
-        goto slow_or_error; /* more connections than wanted: the Python exit closes one */
+    if (UNLIKELY(desk->surplus))
+        goto slow; /* more connections than max_size: the Python exit closes one */
     if (UNLIKELY(Py_SIZE(desk->waiting) != 0))
         goto slow; /* a waiter: the hand-off runs Python code */
     /* What can fail (an allocation: the deque growing) comes first, so that an error
@@ -379,7 +371,6 @@ Borrow_traverse(Borrow *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->desk);
     Py_VISIT(self->pool);
-    Py_VISIT(self->pool_dict);
     Py_VISIT(self->timeout);
     Py_VISIT(self->conn);
     Py_VISIT(self->checkout);
@@ -392,7 +383,6 @@ Borrow_clear(Borrow *self)
 {
     Py_CLEAR(self->desk);
     Py_CLEAR(self->pool);
-    Py_CLEAR(self->pool_dict);
     Py_XSETREF(self->timeout, Py_NewRef(Py_None));
     Py_XSETREF(self->conn, Py_NewRef(Py_None));
     Py_XSETREF(self->checkout, Py_NewRef(Py_None));
@@ -405,7 +395,6 @@ Borrow_dealloc(Borrow *self)
     PyObject_GC_UnTrack(self);
     Py_CLEAR(self->desk);
     Py_CLEAR(self->pool);
-    Py_CLEAR(self->pool_dict);
     Py_CLEAR(self->timeout);
     Py_CLEAR(self->conn);
     Py_CLEAR(self->checkout);
@@ -538,21 +527,13 @@ Desk_lend(Desk *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *pool = pool_of(self);
     if (pool == NULL)
         return NULL;
-    /* Made (if it was not yet) here, outside the blocks' critical sections. */
-    PyObject *pool_dict = PyObject_GenericGetDict(pool, NULL);
-    if (pool_dict == NULL) {
-        Py_DECREF(pool);
-        return NULL;
-    }
     Borrow *borrow = PyObject_GC_New(Borrow, &BorrowType);
     if (borrow == NULL) {
         Py_DECREF(pool);
-        Py_DECREF(pool_dict);
         return NULL;
     }
     borrow->desk = (Desk *)Py_NewRef(self);
     borrow->pool = pool;
-    borrow->pool_dict = pool_dict;
     borrow->timeout = Py_NewRef(nargs ? args[0] : Py_None);
     borrow->conn = Py_NewRef(Py_None);
     borrow->checkout = Py_NewRef(Py_None);
@@ -739,6 +720,8 @@ static PyMethodDef Desk_methods[] = {
 
 static PyMemberDef Desk_members[] = {
     {"fast", T_BOOL, offsetof(Desk, fast), 0, "whether blocks may lend here (_fast_borrow)"},
+    {"surplus", T_BOOL, offsetof(Desk, surplus), 0,
+     "whether the pool has more connections than max_size (resize() and the fold set it)"},
     {"ran_out", T_BOOL, offsetof(Desk, ran_out), 0,
      "whether a take here emptied the idle list since the pool last looked"},
     {"instant", T_LONGLONG, offsetof(Desk, instant), 0,
@@ -861,8 +844,6 @@ PyInit__hot(void)
     INTERN(s_pool, "_pool");
     INTERN(s_pgconn, "pgconn");
     INTERN(s_transaction_status, "transaction_status");
-    INTERN(s_nconns, "_nconns");
-    INTERN(s_max_size, "_max_size");
     INTERN(s_waiting, "_waiting");
     INTERN(s_idle_put, "_idle_put");
     INTERN(s_connection_class, "connection_class");

@@ -624,6 +624,8 @@ class BasePool:
             if desk.ran_out:  # a compiled take emptied the idle list (see _shrink_pool)
                 self._idle_ran_out = True
                 desk.ran_out = False
+            # Set by resize(); cleared here once the surplus connections are closed.
+            desk.surplus = self._nconns > self._max_size
             if desk.held:  # the compiled blocks count theirs in the desk's buckets
                 seconds = desk.fold_holds(self._agg.use.counts)
                 self._out_done += seconds

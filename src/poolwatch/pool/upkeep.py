@@ -168,6 +168,8 @@ class PoolUpkeep(Generic[CT], BasePool):
             now = monotonic()
             while self._nconns > max_size and self._idle:
                 self._retire_locked(self._idle.popleft(), "shrink", now, replace=False)
+            if self._desk is not None:  # its blocks then give back through Python
+                self._desk.surplus = self._nconns > max_size
         for _ in range(ngrow):
             self.run_task(AddConnection(self))
         self._flush_notifications()
