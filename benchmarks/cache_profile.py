@@ -34,7 +34,7 @@ from typing import Any
 
 import psycopg
 
-from benchmarks import floor, harness
+from benchmarks import floor, harness, instructions
 from poolwatch.pool._compiled import PURE_PYTHON_VARIABLE
 
 RAW = "raw connections"
@@ -137,6 +137,7 @@ def measure(
 ) -> dict[tuple[str, int], dict[str, float]]:
     if shutil.which("valgrind") is None:
         raise RuntimeError("valgrind is not on PATH: apt-get install valgrind")
+    instructions.precompile()  # a child that compiled a module would count the compiler
     jobs_to_run = [(lib, t, n) for t in threads for lib in libraries for n in (0, queries)]
     done = iter(range(1, len(jobs_to_run) + 1))
     lock = threading.Lock()

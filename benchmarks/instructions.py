@@ -208,7 +208,7 @@ def table(results: Results) -> str:
     return "\n".join(lines)
 
 
-def _precompile(before_path: Path | None) -> None:
+def precompile(before_path: Path | None = None) -> None:
     """Write every bytecode cache the children read, so that no child compiles.
 
     Children never write caches (PYTHONDONTWRITEBYTECODE): a child that compiled a
@@ -253,7 +253,7 @@ def measure(dsn: str, ops: int = OPS, queries: int = QUERIES, jobs: int = JOBS) 
     before_path = Path(old.__file__).parent.parent if old and old.__file__ else None
     if before_path is None:
         notes.append(f"no `{BEFORE}` rows: git could not give commit {before.COMMIT} here.")
-    _precompile(before_path)
+    precompile(before_path)
     counts = plan(ops, queries, with_before=before_path is not None)
     finished = itertools.count(1)
     started = time.monotonic()
