@@ -210,21 +210,27 @@ def test_classes_that_run_python_on_attributes_get_the_python_blocks(dsn, connec
         assert p.aggregates().requests == 1
 
 
-def test_a_pool_class_with_a_property_keeps_the_compiled_blocks(dsn, fallbacks):
-    # The compiled blocks read no attribute of the pool (only the containers its desk
-    # took), so a property there runs no Python code in their critical sections.
-    with _PropertyPool(dsn, min_size=2, name="prop") as p:
-        p.wait(timeout=30)
-        assert p._desk is not None
+def test_a_pool_class_with_a_property_gets_the_python_blocks(dsn):
+    # The desk keeps a copy of what _nconns and _max_size say (desk.surplus), which a
+    # property could change behind its back.
+    with _PropertyPool(dsn, min_size=1, name="prop") as p:
+        assert p._desk is None
         with p.connection():
             pass
-        assert fallbacks == {}
         assert p.aggregates().use.count == 1
-        with p.connection(), p.connection():
-            p.resize(1, 1)  # read through the property: the desk learns of the surplus
-            assert p._desk.surplus
-        assert (p._nconns, p.snapshot().idle) == (1, 1)
-        assert fallbacks["exit"] == 2 and not p._desk.surplus
+
+
+def test_a_resize_below_the_connections_in_use_closes_the_surplus_through_python(pool, fallbacks):
+    with pool.connection():
+        pass
+    assert fallbacks == {}
+    with pool.connection(), pool.connection():
+        pool.resize(1, 1)  # the desk learns of the surplus
+        assert pool._desk.surplus
+    assert (pool._nconns, pool.snapshot().idle) == (1, 1)
+    # Both exits went to Python: the first closed the surplus; the flag stays until
+    # the next read (the snapshot above) takes it in.
+    assert fallbacks["exit"] == 2 and not pool._desk.surplus
 
 
 def test_a_closed_pool_refuses_through_python(dsn, fallbacks):
@@ -331,3 +337,20 @@ def test_a_compiled_take_that_empties_the_idle_list_keeps_the_pool_from_shrinkin
         assert p._nconns == 2  # it ran out during the period: nothing closed
         p._shrink_pool()
         assert p._nconns == 1  # a whole period with idle connections: one closed
+
+
+def test_a_desk_refuses_an_idle_put_that_is_not_the_deques_own(pool):
+    # The give-back calls _idle_put inside its critical section: Python code there
+    # could let another thread in (found by a red team: a lending ended twice).
+    bounds = pool._agg.use.bounds
+    original = pool._idle_put
+    try:
+        for impostor in (lambda conn: original(conn), pool._idle.extend, [].append):
+            pool._idle_put = impostor
+            with pytest.raises(TypeError, match="append or appendleft"):
+                sync_pool._DESK(pool, bounds)
+            assert _compiled.desk_for(sync_pool._DESK, pool) is None  # Python blocks
+        pool._idle_put = pool._idle.appendleft
+        assert sync_pool._DESK(pool, bounds) is not None
+    finally:
+        pool._idle_put = original

@@ -9,8 +9,10 @@ The compiled code reads and writes a few attributes of the pool's connections, a
 must run no Python code while it does: so it is used only when the connection class
 can run no Python code on those attributes (a property, `__setattr__`,
 `__getattribute__` or `__getattr__` of its own), nor as a dictionary key (a `__hash__`
-or `__eq__` of its own). Of the pool it uses only the containers its desk takes when
-it is made (and calls the Python blocks' methods).
+or `__eq__` of its own). Of the pool it uses the containers its desk takes when it is
+made, and flags the pool keeps in the desk (`desk.surplus`, from `_nconns` and
+`_max_size`): so the pool class must not compute those, nor `_idle_put`, which the
+blocks call (the desk also checks that it is the idle deque's own append).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 #: compiled path out when looking for a fault).
 PURE_PYTHON_VARIABLE = "POOLWATCH_PURE_PYTHON"
 
-# What the compiled blocks read or write with the GIL as their only lock (of the
-# pool, they only use the containers the desk took when it was made).
+# What the compiled blocks read or write with the GIL as their only lock, or what
+# the pool copies into their desk (the pool's sizes, as desk.surplus).
+_POOL_ATTRIBUTES = ("_nconns", "_max_size", "_idle_put")
 _CONNECTION_ATTRIBUTES = ("_expire_at", "_pool", "pgconn")
 
 
@@ -58,11 +61,16 @@ def desk_for(desk_type: Any, pool: Any) -> Any:
     """A desk for *pool*, or None if its class or its connection class rule it out."""
     if desk_type is None:
         return None
+    if not plain_attributes(type(pool), _POOL_ATTRIBUTES):
+        return None
     if not plain_attributes(pool.connection_class, _CONNECTION_ATTRIBUTES):
         return None
     if not identity_keyed(pool.connection_class):
         return None
-    return desk_type(pool, pool._agg.use.bounds)
+    try:
+        return desk_type(pool, pool._agg.use.bounds)
+    except TypeError:  # containers of another type than the desk relies on (it says which)
+        return None
 
 
 def identity_keyed(cls: type) -> bool:

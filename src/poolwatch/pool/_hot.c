@@ -551,6 +551,16 @@ required(PyObject *pool, PyObject *name)
     return PyObject_GetAttr(pool, name);
 }
 
+/* Whether *put* is the deque *idle*'s own append or appendleft (C code). */
+static int
+is_idle_append(PyObject *put, PyObject *idle)
+{
+    if (!PyCFunction_Check(put) || PyCFunction_GET_SELF(put) != idle)
+        return 0;
+    const char *name = ((PyCFunctionObject *)put)->m_ml->ml_name;
+    return strcmp(name, "append") == 0 || strcmp(name, "appendleft") == 0;
+}
+
 static PyObject *
 Desk_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -602,6 +612,12 @@ Desk_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError,
                         "the pool's _out must be a dict, _idle and _waiting "
                         "deques, _lock a threading.Lock, connection_class a class");
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (!is_idle_append(self->idle_put, self->idle)) {
+        /* Anything else may run Python code inside the give-back's critical section. */
+        PyErr_SetString(PyExc_TypeError, "the pool's _idle_put must be its _idle's append or appendleft");
         Py_DECREF(self);
         return NULL;
     }

@@ -885,6 +885,8 @@ class BasePool:
         # The desk holds the old lock: the Python blocks take the new one. What its
         # blocks counted (and their hold times) is the pool's history: kept.
         self._fold_holds_locked()
+        if self._desk is not None:  # blocks made before the fork keep it: off for them
+            self._desk.fast = False
         self._desk = None
         now = monotonic()
         self._advance_used_locked(now)  # what was used until now stays counted

@@ -846,6 +846,11 @@ class _AsyncBorrow(Generic[ACT]):
             lock = pool._lock
             lock.acquire()
             try:
+                if pool._out.get(conn) is not checkout:
+                    # Given back meanwhile by another thread than its owner (a misuse):
+                    # its next lending, if any, is not this block's to end.
+                    logger.debug("connection given back during the end of its block: %s", conn)
+                    return
                 now = monotonic()
                 if pool._fast_borrow and conn._expire_at > now and pool._nconns <= pool._max_size:
                     # Still this block's lending (the token matched, and only its owner
