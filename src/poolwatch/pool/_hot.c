@@ -1,9 +1,9 @@
 /* The take-and-give-back of a ConnectionPool.connection() block, compiled.
 
    Why: on a client thread pinned to one core, what a pool adds to each query's client
-   CPU decides the vs-raw rows. The Python block adds about 12,200 instructions per
-   SELECT 1, the minimal pool of benchmarks/floor.py about 6,500; this one adds about
-   6,100 (benchmarks/RESULTS.md, "Instructions per checkout and per query").
+   CPU decides the vs-raw rows. The Python block adds about 13,700 instructions per
+   SELECT 1, the minimal pool of benchmarks/floor.py about 6,900; this one adds about
+   6,200 (benchmarks/RESULTS.md, "Instructions per checkout and per query").
 
    What it relies on (and why it is built only where that holds):
    - The GIL. A sequence of C calls that runs no Python code and does not release the
