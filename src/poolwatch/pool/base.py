@@ -16,10 +16,12 @@ Concurrency: what the design relies on (and why it holds on free-threaded CPytho
   (idle deque, `_out` and its lending's token, the connection's `_pool`), except
   three things it keeps in its desk: its instant requests (`_desk.instant`), its hold
   times (counted in the desk's copy of the use histogram's buckets) and whether it
-  emptied the idle list (`_desk.ran_out`), all of which `_fold_holds_locked` takes in. It reads
-  `_desk.fast` for `_fast_borrow`, and trusts the connection's `_expire_at` read at
-  the take until `_desk.drains` changes. It is not built on free-threaded CPython,
-  where the Python blocks run.
+  emptied the idle list (`_desk.ran_out`), all of which `_fold_holds_locked` takes
+  in. It reads `_desk.fast` for `_fast_borrow` and `_desk.surplus` for `_nconns >
+  _max_size` (set by `resize()` and by every fold), and trusts the connection's
+  `_expire_at` read at the take until `_desk.drains` changes (`drain()`, the only
+  writer of a lent connection's `_expire_at`, adds one). It is not built on
+  free-threaded CPython, where the Python blocks run.
 - The claim itself needs that lock anyway (pop an idle connection and record the
   checkout as one step), so the counters ride in the same short critical section:
   per-thread or striped counters summed at scrape time would add a thread-local look-up
