@@ -109,7 +109,6 @@ typedef struct {
     /* The connection's _expire_at, read by the compiled enter, and desk->drains then:
        the exit trusts it while no drain came since. 0 when the Python enter lent. */
     double expire_at;
-    double taken_at; /* the value of checkout, when the compiled enter lent */
     unsigned long long drains;
 } Borrow;
 
@@ -147,7 +146,6 @@ monotonic_now(double *out)
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 #endif
 }
-
 
 /* Before 3.13 a _thread.lock is this struct (Modules/_threadmodule.c), and locked()
    returns its `locked` byte. Reading the byte saves a call per block end; the layout
@@ -251,7 +249,6 @@ Borrow_enter(Borrow *self, PyObject *Py_UNUSED(ignored))
         desk->ran_out = 1;
     desk->instant++;
     self->expire_at = expire_at;
-    self->taken_at = t;
     self->drains = desk->drains;
     Py_SETREF(self->conn, Py_NewRef(conn));
     result = Py_NewRef(conn);
@@ -350,7 +347,7 @@ Borrow_exit(Borrow *self, PyObject *const *args, Py_ssize_t nargs)
     if (UNLIKELY(put == NULL))
         goto done;
     Py_DECREF(put);
-    count_hold(desk, t - self->taken_at);
+    count_hold(desk, t - PyFloat_AS_DOUBLE(self->checkout));
     if (UNLIKELY(PyDict_DelItem(desk->out, conn) < 0 || PyObject_GenericSetAttr(conn, s_pool, Py_None) < 0))
         goto done; /* not reached: both entries exist (the token matched) */
     Py_SETREF(self->conn, Py_NewRef(Py_None));
@@ -538,7 +535,6 @@ Desk_lend(Desk *self, PyObject *const *args, Py_ssize_t nargs)
     borrow->conn = Py_NewRef(Py_None);
     borrow->checkout = Py_NewRef(Py_None);
     borrow->expire_at = 0.0;
-    borrow->taken_at = 0.0;
     borrow->drains = 0;
     PyObject_GC_Track(borrow);
     return (PyObject *)borrow;
