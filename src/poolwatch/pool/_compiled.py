@@ -11,8 +11,9 @@ can run no Python code on those attributes (a property, `__setattr__`,
 `__getattribute__` or `__getattr__` of its own), nor as a dictionary key (a `__hash__`
 or `__eq__` of its own). Of the pool it uses the containers its desk takes when it is
 made, and flags the pool keeps in the desk (`desk.surplus`, from `_nconns` and
-`_max_size`): so the pool class must not compute those, nor `_idle_put`, which the
-blocks call (the desk also checks that it is the idle deque's own append).
+`_max_size`): so the pool class must not compute those. The `_idle_put` the blocks
+call is the one the desk took, which it refuses unless it is the idle deque's own
+append or appendleft.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ PURE_PYTHON_VARIABLE = "POOLWATCH_PURE_PYTHON"
 
 # What the compiled blocks read or write with the GIL as their only lock, or what
 # the pool copies into their desk (the pool's sizes, as desk.surplus).
-_POOL_ATTRIBUTES = ("_nconns", "_max_size", "_idle_put")
+_POOL_ATTRIBUTES = ("_nconns", "_max_size")
 _CONNECTION_ATTRIBUTES = ("_expire_at", "_pool", "pgconn")
 
 
